@@ -1,0 +1,46 @@
+"""Ray-based experiment orchestrator for fine-tuning text-embedding models.
+
+    from orchestrator import load_spec, run
+    result = run(load_spec("experiments/quickstart.yaml"))
+"""
+
+from orchestrator.spec import ExperimentSpec, SpecError, load_spec
+
+__all__ = ["ExperimentSpec", "SpecError", "evaluate", "load_spec", "prepare", "run", "validate"]
+
+
+def validate(spec, overrides: list[str] | None = None, check_files: bool = True) -> ExperimentSpec:
+    """Load and check a spec (and, by default, the files and model it names)."""
+    from orchestrator.preflight import preflight
+
+    spec = load_spec(spec, overrides)
+    if check_files:
+        preflight(spec)
+    return spec
+
+
+def run(spec, overrides: list[str] | None = None, resume_from: str | None = None):
+    """Run one experiment on Ray (a local instance when none is running); see ``runner.run``."""
+    from orchestrator.runner import run as _run
+
+    return _run(spec, overrides, resume_from)
+
+
+def evaluate(model_path: str, spec) -> dict[str, float]:
+    """Evaluate any SentenceTransformer folder on a spec's held-out set."""
+    from orchestrator.evaluation import evaluate as _evaluate
+    from orchestrator.modeling import load_encoder
+
+    spec = load_spec(spec)
+    return _evaluate(load_encoder(model_path, spec.model), spec)
+
+
+def prepare(datasets: list[str] | None = None, models: list[str] | None = None) -> list[dict]:
+    """Fetch the offline corpora and models (cached); see ``orchestrator.data.prepare``."""
+    from orchestrator.assets import fetch_model
+    from orchestrator.data.prepare import prepare as _prepare
+
+    reports = _prepare(datasets)
+    for name in models or ["all-MiniLM-L6-v2"]:
+        reports.append({"model": name, "path": str(fetch_model(name))})
+    return reports

@@ -1,0 +1,70 @@
+"""Command line: ``python -m orchestrator validate|run|prepare|eval ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from orchestrator.spec import SpecError
+
+
+def _print_result(result) -> None:
+    from orchestrator.export import comparison_table
+
+    s = result.summary
+    v = s["verdict"]
+    print(f"\nrun {s['run_id']}: {s['steps']} steps, {s['pairs_seen']} pairs, "
+          f"{s['negatives_per_query']} negatives/query, {s['timings_s']['total']:.0f}s")
+    print(comparison_table(s))
+    if v["improved"]:
+        print(f"\nfine-tuning helped: {v['metric']} {v['baseline']:.4f} -> {v['finetuned']:.4f} "
+              f"({v['delta']:+.4f})")
+    else:
+        print(f"\nWARNING: fine-tuning made the model WORSE: {v['metric']} {v['baseline']:.4f} -> "
+              f"{v['finetuned']:.4f} ({v['delta']:+.4f}). Keep the base model.")
+    print(f"model:   {result.model_dir}\nsummary: {result.run_dir / 'summary.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check a spec and the files it names; no Ray")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--no-files", action="store_true", help="skip checks of paths and model")
+    p = sub.add_parser("run", help="run an experiment on Ray")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--resume-from", help="checkpoint folder to continue from")
+    p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
+    p.add_argument("--datasets", nargs="*", help="default: all")
+    p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
+    p = sub.add_parser("eval", help="evaluate a model folder on a spec's held-out set")
+    p.add_argument("spec")
+    p.add_argument("model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    import orchestrator
+
+    try:
+        if args.command == "validate":
+            spec = orchestrator.validate(args.spec, args.overrides, check_files=not args.no_files)
+            print(f"{args.spec}: valid (run id {spec.run_id})")
+        elif args.command == "run":
+            _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from))
+        elif args.command == "prepare":
+            for report in orchestrator.prepare(args.datasets, args.models):
+                print(json.dumps(report))
+        elif args.command == "eval":
+            print(json.dumps(orchestrator.evaluate(args.model, args.spec), indent=2))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Checks that need the file system: run on the laptop before anything reaches a cluster.
+
+The spec itself (:mod:`orchestrator.spec`) is pure; here we look at the world it names:
+corpora and evaluation files exist, the base model can be found, Matryoshka dims fit it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orchestrator.assets import KNOWN_MODELS, resolve_model
+from orchestrator.spec import ExperimentSpec, SpecError
+
+_PREPARE_HINT = "run `python -m orchestrator prepare` to fetch the offline data and models"
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:  # remote objects are checked by the reader on the cluster
+        return True
+    if any(ch in path for ch in "*?["):
+        return any(Path().glob(path))
+    return Path(path).exists()
+
+
+def embedding_dim(model_path: str) -> int | None:
+    """The output width of a local model folder, or None if it cannot be told without loading."""
+    folder = Path(model_path)
+    for dense in sorted(folder.glob("*_Dense/config.json")):
+        cfg = json.loads(dense.read_text())
+        dim = cfg.get("out_features")
+        if dim:
+            return int(dim)
+    config = folder / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        return cfg.get("hidden_size") or cfg.get("d_model")
+    return None
+
+
+def preflight(spec: ExperimentSpec) -> list[str]:
+    """Raise :class:`SpecError` for problems that would fail a run; return warnings."""
+    problems, warnings = [], []
+    for name, source in spec.data.sources.items():
+        if not _exists(source.path):
+            problems.append(f"data.sources.{name}.path: {source.path} does not exist ({_PREPARE_HINT})")
+    for key in ("corpus", "queries", "qrels"):
+        path = getattr(spec.data.eval, key)
+        if not _exists(path):
+            problems.append(f"data.eval.{key}: {path} does not exist ({_PREPARE_HINT})")
+
+    base = spec.model.base
+    model_path = resolve_model(base, fetch=False)
+    dim = None
+    if Path(model_path).is_dir():
+        dim = embedding_dim(model_path)
+    elif base in KNOWN_MODELS:
+        dim = KNOWN_MODELS[base].dim
+        warnings.append(f"model.base: {base} is not downloaded yet; `run` fetches it")
+    elif "/" not in base:
+        problems.append(
+            f"model.base: {base!r} is neither a folder, a known offline model "
+            f"({', '.join(KNOWN_MODELS)}) nor a Hub id like 'org/name'"
+        )
+    dims = spec.loss.matryoshka_dims
+    if dims and dim and dims[0] > dim:
+        problems.append(f"loss.matryoshka_dims: {dims[0]} exceeds the model's embedding size {dim}")
+    if problems:
+        raise SpecError(problems, f"spec {spec.name!r}")
+    return warnings

@@ -1,0 +1,250 @@
+"""spec → datasets + baseline + TorchTrainer.fit() + export + final evaluation.
+
+This and :mod:`orchestrator.train_loop` are the only modules that know Ray Train. The driver
+is cheap (it runs on a head node or a laptop); anything that loads the model — baseline
+evaluation, export, final evaluation — runs as a Ray task with a worker's resources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.data
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from orchestrator.assets import resolve_model
+from orchestrator.data.sources import SourceReport, read_sources
+from orchestrator.data.tokenize import tokenize_batch
+from orchestrator.losses import negatives_per_query
+from orchestrator.preflight import preflight
+from orchestrator.spec import ExperimentSpec, load_spec
+from orchestrator.train_loop import train_loop_per_worker
+
+log = logging.getLogger("orchestrator")
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced; ``summary`` is exactly what ``summary.json`` holds."""
+
+    run_id: str
+    run_dir: Path
+    model_dir: Path
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def baseline(self) -> dict[str, float]:
+        return self.summary["baseline"]
+
+    @property
+    def finetuned(self) -> dict[str, float]:
+        return self.summary["finetuned"]
+
+    @property
+    def improved(self) -> bool:
+        return self.summary["verdict"]["improved"]
+
+
+def run_dir_for(spec: ExperimentSpec) -> Path:
+    return Path(spec.storage.root).resolve() / spec.name / spec.run_id
+
+
+def total_steps(spec: ExperimentSpec, rows: dict[str, int]) -> int:
+    if spec.train.max_steps:
+        return spec.train.max_steps
+    return max(1, math.ceil(spec.train.epochs * sum(rows.values()) / spec.train.batch_size))
+
+
+def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -> ray.data.Dataset:
+    prompts = {"anchor": spec.model.query_prompt, "*": spec.model.passage_prompt}
+    return clean.map_batches(
+        tokenize_batch,
+        batch_format="pyarrow",
+        batch_size=256,
+        fn_kwargs={
+            "model_path": model_path,
+            "max_length": spec.model.max_seq_length,
+            "prompts": prompts,
+        },
+    )
+
+
+@ray.remote
+def _evaluate_task(spec_json: dict, model_path: str) -> dict[str, float]:
+    import torch
+
+    from orchestrator.evaluation import evaluate
+    from orchestrator.modeling import load_encoder
+
+    spec = ExperimentSpec.model_validate(spec_json)
+    torch.set_num_threads(max(1, math.ceil(spec.scaling.cpus_per_worker)))
+    device = "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    return evaluate(load_encoder(model_path, spec.model, device), spec)
+
+
+@ray.remote
+def _export_task(spec_json: dict, model_path: str, checkpoint_dir: str, out_dir: str) -> str:
+    from orchestrator.export import export_model
+
+    spec = ExperimentSpec.model_validate(spec_json)
+    return export_model(spec, model_path, checkpoint_dir, out_dir)
+
+
+def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
+    return {"num_cpus": spec.scaling.cpus_per_worker, "num_gpus": spec.scaling.gpus_per_worker}
+
+
+def _ensure_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run(
+    spec: ExperimentSpec | str | Path | dict,
+    overrides: list[str] | None = None,
+    resume_from: str | None = None,
+) -> RunResult:
+    """Run one experiment end to end and return its summary (also written to the run folder).
+
+    ``resume_from`` names a checkpoint folder to continue from (its step, optimizer and mixture
+    positions); a run whose own folder already holds checkpoints resumes from them anyway.
+    """
+    spec = load_spec(spec, overrides)
+    preflight(spec)
+    started = time.time()
+    model_path = resolve_model(spec.model.base)
+    run_dir = run_dir_for(spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(spec.to_yaml())
+    spec_json = spec.model_dump(mode="json")
+    _ensure_ray()
+
+    t0 = time.time()
+    clean, reports = read_sources(spec.data)
+    rows = {r.name: r.rows for r in reports}
+    _check_rows(spec, reports)
+    datasets = {name: _tokenized(spec, model_path, ds) for name, ds in clean.items()}
+    steps = total_steps(spec, rows)
+    data_s = time.time() - t0
+    _log_reports(reports)
+
+    t0 = time.time()
+    baseline = ray.get(_evaluate_task.options(**_remote_options(spec)).remote(spec_json, model_path))
+    baseline_s = time.time() - t0
+    log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
+
+    t0 = time.time()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec_json,
+            "model_path": model_path,
+            "total_steps": steps,
+            "resume_from": resume_from,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker={
+                "CPU": spec.scaling.cpus_per_worker,
+                **({"GPU": spec.scaling.gpus_per_worker} if spec.scaling.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=spec.run_id,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    train_s = time.time() - t0
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint in {run_dir}")
+
+    t0 = time.time()
+    model_dir = run_dir / "model"
+    ray.get(
+        _export_task.options(**_remote_options(spec)).remote(
+            spec_json, model_path, result.checkpoint.path, str(model_dir)
+        )
+    )
+    finetuned = ray.get(
+        _evaluate_task.options(**_remote_options(spec)).remote(spec_json, str(model_dir))
+    )
+    final_s = time.time() - t0
+
+    metrics = result.metrics or {}
+    summary = {
+        "run_id": spec.run_id,
+        "name": spec.name,
+        "spec_hash": spec.hash(),
+        "base_model": spec.model.base,
+        "model_dir": str(model_dir),
+        "steps": metrics.get("step", steps),
+        "pairs_seen": metrics.get("pairs_seen"),
+        "source_steps": metrics.get("source_steps"),
+        "negatives_per_query": metrics.get(
+            "negatives_per_query",
+            negatives_per_query(spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, 0),
+        ),
+        "trainable_params": metrics.get("trainable_params"),
+        "total_params": metrics.get("total_params"),
+        "final_loss": metrics.get("loss"),
+        "sources": {
+            r.name: {"rows": r.rows, "bad_rows": r.bad_rows, "examples": r.lines()} for r in reports
+        },
+        "baseline": baseline,
+        "finetuned": finetuned,
+        "verdict": verdict(baseline, finetuned, spec.eval.main_metric),
+        "timings_s": {
+            "data": round(data_s, 2),
+            "baseline_eval": round(baseline_s, 2),
+            "train": round(train_s, 2),
+            "export_and_eval": round(final_s, 2),
+            "total": round(time.time() - started, 2),
+        },
+        "checkpoint": result.checkpoint.path,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from orchestrator.export import write_model_card
+
+    write_model_card(model_dir, spec, summary)
+    return RunResult(spec.run_id, run_dir, model_dir, summary)
+
+
+def verdict(baseline: dict[str, float], finetuned: dict[str, float], main: str) -> dict[str, Any]:
+    delta = finetuned[main] - baseline[main]
+    return {
+        "metric": main,
+        "baseline": baseline[main],
+        "finetuned": finetuned[main],
+        "delta": delta,
+        "improved": delta > 0,
+    }
+
+
+def _check_rows(spec: ExperimentSpec, reports: list[SourceReport]) -> None:
+    for report in reports:
+        if report.rows < spec.train.batch_size:
+            raise ValueError(
+                f"data.sources.{report.name}: {report.rows} usable row(s) cannot fill one global "
+                f"batch of train.batch_size={spec.train.batch_size}"
+            )
+
+
+def _log_reports(reports: list[SourceReport]) -> None:
+    for r in reports:
+        log.info("source %s: %d rows, %d bad", r.name, r.rows, r.bad_rows)
+        for line in r.lines():
+            log.warning("  bad row %s", line)

@@ -1,0 +1,367 @@
+"""The experiment spec: one validated document that drives data, training, evaluation and export.
+
+This module is deliberately free of torch and Ray imports so a spec can be loaded and checked
+on a laptop in milliseconds, before anything reaches a cluster. Checks that need the file
+system (does the corpus exist? how wide is the model?) live in :mod:`orchestrator.preflight`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: Canonical column names every source is mapped onto.
+ANCHOR, POSITIVE, NEGATIVE = "anchor", "positive", "negative"
+
+
+class SpecError(ValueError):
+    """A spec that cannot run: each problem names the dotted field path and, where useful, a hint."""
+
+    def __init__(self, problems: list[str], origin: str = "spec") -> None:
+        self.problems = problems
+        self.origin = origin
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{origin} is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelSpec(_Section):
+    """Which encoder to start from and how texts reach it."""
+
+    base: str = Field(
+        description="A local SentenceTransformer/transformers folder, a known offline name "
+        "(see `orchestrator prepare --list`), or a Hub id where a network allows it."
+    )
+    max_seq_length: PositiveInt = 256
+    pooling: Literal["mean", "cls", "lasttoken"] | None = Field(
+        default=None, description="Override the model's own pooling; None keeps it."
+    )
+    query_prompt: str = Field(default="", description="Prefix for anchors/queries, e.g. 'query: '.")
+    passage_prompt: str = Field(default="", description="Prefix for positives/negatives/corpus.")
+    trust_remote_code: bool = False
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ColumnMap(_Section):
+    """Maps canonical columns onto a file's own column names."""
+
+    anchor: str = ANCHOR
+    positive: str = POSITIVE
+    negatives: list[str] = Field(
+        default_factory=list, description="Zero or more hard-negative columns, in order."
+    )
+
+    def file_columns(self) -> list[str]:
+        return [self.anchor, self.positive, *self.negatives]
+
+
+class _FileSource(_Section):
+    path: str = Field(description="A file, a folder or a glob; local now, s3:// later.")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    weight: PositiveFloat = 1.0
+    max_rows: PositiveInt | None = Field(default=None, description="Use only the first N rows.")
+
+
+class JsonlSource(_FileSource):
+    format: Literal["jsonl"]
+
+
+class ParquetSource(_FileSource):
+    format: Literal["parquet"]
+
+
+class CsvSource(_FileSource):
+    format: Literal["csv"]
+    delimiter: str = ","
+
+
+Source = Annotated[JsonlSource | ParquetSource | CsvSource, Field(discriminator="format")]
+
+
+class RetrievalEvalSpec(_Section):
+    """A held-out retrieval set in BEIR layout: corpus/queries JSONL (`_id`, `text`) + qrels TSV."""
+
+    kind: Literal["retrieval"] = "retrieval"
+    corpus: str
+    queries: str
+    qrels: str = Field(description="TSV with header: query-id, corpus-id, score.")
+    max_queries: PositiveInt | None = None
+
+
+class DataSpec(_Section):
+    sources: dict[str, Source] = Field(min_length=1)
+    eval: RetrievalEvalSpec
+    on_bad_rows: Literal["skip", "fail"] = Field(
+        default="skip",
+        description="skip: drop broken rows and report them; fail: stop before training.",
+    )
+    shuffle_buffer: int = Field(default=1024, ge=0, description="Rows in the local shuffle buffer.")
+
+    @field_validator("sources")
+    @classmethod
+    def _names_are_identifiers(cls, sources: dict[str, Any]) -> dict[str, Any]:
+        for name in sources:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+                raise ValueError(f"source name {name!r} must start with a letter: [A-Za-z0-9_-]")
+        return sources
+
+
+# --------------------------------------------------------------------------- losses
+
+
+class _LossBase(_Section):
+    matryoshka_dims: list[PositiveInt] | None = Field(
+        default=None, description="Also train truncated embeddings (largest first)."
+    )
+    matryoshka_weights: list[PositiveFloat] | None = None
+
+    @model_validator(mode="after")
+    def _matryoshka_consistent(self) -> _LossBase:
+        dims, weights = self.matryoshka_dims, self.matryoshka_weights
+        if dims is not None and sorted(dims, reverse=True) != dims:
+            raise ValueError("matryoshka_dims must be strictly decreasing, e.g. [384, 256, 64]")
+        if dims is not None and len(set(dims)) != len(dims):
+            raise ValueError("matryoshka_dims must not repeat")
+        if weights is not None and (dims is None or len(weights) != len(dims)):
+            raise ValueError("matryoshka_weights needs one weight per matryoshka_dims entry")
+        return self
+
+    #: Canonical columns the loss needs in every batch.
+    def required_negatives(self) -> int:
+        return 0
+
+
+class InfoNCELoss(_LossBase):
+    """InfoNCE / MultipleNegativesRanking: in-batch (and hard) negatives, softmax at temperature τ."""
+
+    kind: Literal["infonce", "mnrl"]
+    temperature: PositiveFloat = Field(default=0.05, le=1.0, description="τ; scale = 1/τ.")
+    symmetric: bool = Field(default=False, description="Add the passage→query direction.")
+    gather_across_workers: bool = Field(
+        default=True, description="Share in-batch negatives across all data-parallel workers."
+    )
+
+
+class TripletLossSpec(_LossBase):
+    kind: Literal["triplet"]
+    margin: PositiveFloat = 0.5
+    distance: Literal["cosine", "euclidean", "manhattan"] = "cosine"
+
+    def required_negatives(self) -> int:
+        return 1
+
+
+Loss = Annotated[InfoNCELoss | TripletLossSpec, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- lora / train / scale
+
+
+class LoraSpec(_Section):
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    merge: bool = Field(default=True, description="Merge into the base weights on export.")
+
+
+class TrainSpec(_Section):
+    lr: PositiveFloat = 2e-5
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    epochs: PositiveFloat | None = 1.0
+    max_steps: PositiveInt | None = Field(default=None, description="Overrides epochs when set.")
+    batch_size: PositiveInt = Field(
+        default=32, description="Global batch: pairs per step over all workers (in-batch pool)."
+    )
+    max_grad_norm: PositiveFloat | None = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="Autocast dtype on GPU; bf16 also works on CPU."
+    )
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    eval_every: int = Field(default=0, ge=0, description="Steps between evaluations; 0 = at end.")
+    checkpoint_every: PositiveInt = Field(default=50, description="Steps between checkpoints.")
+    log_every: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> TrainSpec:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set train.epochs or train.max_steps")
+        return self
+
+
+class ScalingSpec(_Section):
+    num_workers: PositiveInt = 1
+    cpus_per_worker: PositiveFloat = Field(
+        default=1.0, description="Fractions leave CPU for Ray Data on small machines."
+    )
+    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class EvalSpec(_Section):
+    batch_size: PositiveInt = 64
+    k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10], min_length=1)
+    main_metric: str = "ndcg@10"
+
+
+class StorageSpec(_Section):
+    root: str = Field(default="runs", description="Runs live under <root>/<name>/<run_id>/.")
+    keep_checkpoints: PositiveInt = 2
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+class ExperimentSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    model: ModelSpec
+    data: DataSpec
+    loss: Loss
+    lora: LoraSpec | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ExperimentSpec:
+        problems = []
+        need = self.loss.required_negatives()
+        for name, source in self.data.sources.items():
+            have = len(source.columns.negatives)
+            if have < need:
+                problems.append(
+                    f"data.sources.{name}.columns.negatives: loss '{self.loss.kind}' needs "
+                    f"{need} negative column(s), the source maps {have}"
+                )
+        if self.train.batch_size % self.scaling.num_workers:
+            problems.append(
+                f"train.batch_size: {self.train.batch_size} is the global batch and must divide "
+                f"evenly over scaling.num_workers={self.scaling.num_workers}"
+            )
+        main = self.eval.main_metric
+        if not re.fullmatch(r"(ndcg|mrr|map|recall|precision|accuracy)@\d+", main):
+            problems.append(f"eval.main_metric: {main!r} is not like 'ndcg@10' or 'mrr@10'")
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            problems.append("train.precision: fp16 needs GPUs (scaling.gpus_per_worker > 0)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.train.batch_size // self.scaling.num_workers
+
+    def hash(self) -> str:
+        """Stable content hash: equal specs (after defaults) give equal run ids."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        return self.hash()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.path=value` strings to a raw spec dict; values are parsed as YAML."""
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise SpecError([f"override {item!r}: expected key.path=value"], "overrides")
+        keys = path.strip().split(".")
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise SpecError([f"override {item!r}: {key!r} is not a section"], "overrides")
+            node = child
+        node[keys[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    # Drop the union tag pydantic inserts (e.g. `loss.infonce.temperature` -> `loss.temperature`).
+    loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    message = error["msg"].removeprefix("Value error, ")
+    hint = ""
+    if error["type"] == "extra_forbidden":
+        hint = " (unknown field: check spelling)"
+    elif error["type"] == "union_tag_invalid":
+        loc = loc[:-1] if loc and loc[-1] in ("kind", "format") else loc
+        loc.append(str(error["ctx"]["discriminator"]).strip("'"))
+    elif error["type"] == "missing":
+        hint = " (required)"
+    path = ".".join(p for p in loc if p not in _TAGS) or "<root>"
+    return f"{path}: {message}{hint}"
+
+
+#: Discriminator tags pydantic puts into error locations; they are not part of the user's path.
+_TAGS = {"infonce", "mnrl", "triplet", "jsonl", "parquet", "csv"}
+
+
+def parse_spec(raw: dict[str, Any], origin: str = "spec") -> ExperimentSpec:
+    """Validate a raw dict; raise :class:`SpecError` naming every bad field."""
+    if not isinstance(raw, dict):
+        raise SpecError(["<root>: expected a mapping of sections"], origin)
+    try:
+        return ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError([_format_error(e) for e in exc.errors()], origin) from None
+
+
+def load_spec(
+    source: str | Path | dict[str, Any] | ExperimentSpec, overrides: list[str] | None = None
+) -> ExperimentSpec:
+    """Load a spec from a YAML/JSON file, a dict, or a spec, applying dotted overrides first."""
+    if isinstance(source, ExperimentSpec):
+        raw, origin = source.model_dump(mode="json"), "spec"
+    elif isinstance(source, dict):
+        raw, origin = json.loads(json.dumps(source)), "spec"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError([f"<file>: {path} does not exist"], str(path))
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SpecError([f"<file>: not valid YAML/JSON: {exc}"], str(path)) from None
+        origin = str(path)
+    return parse_spec(apply_overrides(raw or {}, overrides or []), origin)

@@ -1,0 +1,235 @@
+"""The training recipe that every Ray Train worker runs, top to bottom.
+
+One step: the mixture names a source (identically on every rank) → each rank takes its next
+batch of that source → queries and passages are embedded in one DDP forward → the
+sentence-transformers loss (negatives gathered across ranks) → backward, clip, step.
+Every ``checkpoint_every`` steps rank 0 saves what a resume needs, and all ranks report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from transformers import get_scheduler
+
+from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
+from orchestrator.data.tokenize import collate
+from orchestrator.losses import build_loss, negatives_per_query
+from orchestrator.modeling import (
+    attach_lora,
+    count_parameters,
+    enable_gradient_checkpointing,
+    load_encoder,
+    load_trainable_state,
+    trainable_state,
+)
+from orchestrator.spec import ExperimentSpec
+
+STATE_FILE, META_FILE = "state.pt", "meta.json"
+
+
+class PairEncoder(torch.nn.Module):
+    """Embeds several padded groups in one forward call, so DDP sees one forward per step."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, groups: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        return [self.model(features)["sentence_embedding"] for features in groups]
+
+
+def _optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": spec.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = torch.cuda.is_available() and spec.scaling.use_gpu
+    return torch.optim.AdamW(groups, lr=spec.train.lr, fused=fused or None)
+
+
+def _open_epoch(shard, batch_size: int, shuffle_buffer: int, seed: int, epoch: int):
+    return iter(
+        shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=(seed + epoch) if shuffle_buffer else None,
+            prefetch_batches=2,
+        )
+    )
+
+
+def load_state(checkpoint: ray.train.Checkpoint | str | None) -> tuple[dict | None, dict]:
+    if checkpoint is None:
+        return None, {}
+    path = checkpoint if isinstance(checkpoint, str) else None
+    with (nullcontext(path) if path else checkpoint.as_directory()) as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+    return state, meta
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    spec = ExperimentSpec.model_validate(config["spec"])
+    total_steps: int = config["total_steps"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(spec.train.seed)
+    if not spec.scaling.use_gpu:  # share the node's cores fairly between co-located workers
+        torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+
+    model = load_encoder(config["model_path"], spec.model, device)
+    if spec.lora:
+        attach_lora(model, spec.lora)
+    if spec.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    encoder = ray.train.torch.prepare_model(
+        PairEncoder(model), parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
+    optimizer = _optimizer(model, spec)
+    scheduler = get_scheduler(
+        spec.train.schedule,
+        optimizer,
+        num_warmup_steps=int(spec.train.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    loss_fn = build_loss(spec.loss, model, world)
+
+    state, meta = load_state(ray.train.get_checkpoint() or config.get("resume_from"))
+    step = 0
+    if state is not None:
+        load_trainable_state(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step = meta["step"]
+
+    batch = spec.per_worker_batch_size
+    positions = positions_from(meta.get("positions"), list(spec.data.sources))
+    streams = {
+        name: SourceStream(
+            name,
+            partial(
+                _open_epoch,
+                ray.train.get_dataset_shard(name),
+                batch,
+                spec.data.shuffle_buffer,
+                spec.train.seed + 1000 * rank,
+            ),
+            positions[name],
+        )
+        for name in spec.data.sources
+    }
+    mixed = MixedStream(Mixture({n: s.weight for n, s in spec.data.sources.items()}, spec.train.seed), streams)
+    pad_id = model.tokenizer.pad_token_id or 0
+    trainable, total = count_parameters(model)
+    precision = spec.train.precision
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        if precision != "fp32"
+        else nullcontext()
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    source_steps = dict(meta.get("source_steps", {}))
+    pairs_seen = meta.get("pairs_seen", 0)
+    running_loss, window_steps, window_start, data_wait = torch.zeros((), device=device), 0, time.perf_counter(), 0.0
+    hard = 0
+
+    encoder.train()
+    while step < total_steps:
+        fetch_start = time.perf_counter()
+        source, rows = mixed.next(step)
+        queries, passages, n_docs = collate(rows, pad_id)
+        data_wait += time.perf_counter() - fetch_start
+        hard = n_docs - 1
+        queries = {k: v.to(device, non_blocking=True) for k, v in queries.items()}
+        passages = {k: v.to(device, non_blocking=True) for k, v in passages.items()}
+        with autocast:
+            q_emb, p_emb = encoder([queries, passages])
+        embeddings = [q_emb.float(), *p_emb.float().chunk(n_docs)]
+        loss = loss_fn(embeddings)
+        scaler.scale(loss).backward()
+        if spec.train.max_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step += 1
+        running_loss += loss.detach()
+        window_steps += 1
+        pairs_seen += batch * world
+        source_steps[source] = source_steps.get(source, 0) + 1
+
+        checkpoint_now = step % spec.train.checkpoint_every == 0 or step == total_steps
+        eval_now = spec.train.eval_every and step % spec.train.eval_every == 0
+        if not (checkpoint_now or eval_now or step % spec.train.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - window_start
+        metrics = {
+            "step": step,
+            "loss": float(running_loss / window_steps),  # one host sync per report
+            "lr": scheduler.get_last_lr()[0],
+            "pairs_seen": pairs_seen,
+            "pairs_per_s": window_steps * batch * world / elapsed,
+            "step_time_s": elapsed / window_steps,
+            "data_wait_fraction": data_wait / elapsed,
+            "negatives_per_query": negatives_per_query(spec.loss, batch, world, hard),
+            "trainable_params": trainable,
+            "total_params": total,
+            "source_steps": dict(source_steps),
+        }
+        if eval_now and rank == 0:
+            from orchestrator.evaluation import evaluate
+
+            model.eval()
+            metrics.update({f"eval/{k}": v for k, v in evaluate(model, spec).items()})
+            model.train()
+        _report(metrics, checkpoint_now and rank == 0, model, optimizer, scheduler, mixed)
+        running_loss.zero_()
+        window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
+
+
+def _report(metrics, save, model, optimizer, scheduler, mixed) -> None:
+    """Report on every rank (Ray Train's barrier); rank 0 attaches the resume state."""
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(
+            {
+                "model": trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
+            os.path.join(directory, STATE_FILE),
+        )
+        meta = {
+            "step": metrics["step"],
+            "pairs_seen": metrics["pairs_seen"],
+            "positions": mixed.positions(),
+            "source_steps": metrics["source_steps"],
+        }
+        Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
