@@ -69,6 +69,7 @@ def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -
         tokenize_batch,
         batch_format="pyarrow",
         batch_size=256,
+        num_cpus=spec.scaling.cpus_per_data_task,
         fn_kwargs={
             "model_path": model_path,
             "max_length": spec.model.max_seq_length,
@@ -132,7 +133,7 @@ def run(
     clean, reports = read_sources(spec.data)
     rows = {r.name: r.rows for r in reports}
     _check_rows(spec, reports)
-    datasets = {name: _tokenized(spec, model_path, ds) for name, ds in clean.items()}
+    datasets = {name: _tokenized(spec, model_path, ds).materialize() for name, ds in clean.items()}
     steps = total_steps(spec, rows)
     data_s = time.time() - t0
     _log_reports(reports)

@@ -221,6 +221,9 @@ class ScalingSpec(_Section):
         default=1.0, description="Fractions leave CPU for Ray Data on small machines."
     )
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    cpus_per_data_task: PositiveFloat = Field(
+        default=0.5, description="CPU per Ray Data read/tokenize task (fractions overlap with training)."
+    )
 
     @property
     def use_gpu(self) -> bool:
