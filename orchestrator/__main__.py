@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from orchestrator.data.sources import BadRowsError
 from orchestrator.spec import SpecError
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(report))
         elif args.command == "eval":
             print(json.dumps(orchestrator.evaluate(args.model, args.spec), indent=2))
-    except SpecError as exc:
+    except (SpecError, BadRowsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -130,7 +130,7 @@ def run(
     _ensure_ray()
 
     t0 = time.time()
-    clean, reports = read_sources(spec.data)
+    clean, reports = read_sources(spec.data, spec.scaling.cpus_per_data_task)
     rows = {r.name: r.rows for r in reports}
     _check_rows(spec, reports)
     datasets = {name: _tokenized(spec, model_path, ds).materialize() for name, ds in clean.items()}
@@ -193,6 +193,7 @@ def run(
         "base_model": spec.model.base,
         "model_dir": str(model_dir),
         "steps": metrics.get("step", steps),
+        "resumed_from_step": metrics.get("resumed_from_step", 0),
         "pairs_seen": metrics.get("pairs_seen"),
         "source_steps": metrics.get("source_steps"),
         "negatives_per_query": metrics.get(

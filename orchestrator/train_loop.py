@@ -121,6 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step = meta["step"]
+    resumed_from_step = step
 
     batch = spec.per_worker_batch_size
     positions = positions_from(meta.get("positions"), list(spec.data.sources))
@@ -198,6 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "trainable_params": trainable,
             "total_params": total,
             "source_steps": dict(source_steps),
+            "resumed_from_step": resumed_from_step,
         }
         if eval_now and rank == 0:
             from orchestrator.evaluation import evaluate

@@ -1,0 +1,1 @@
+"""Data: offline corpora preparation, Ray Data sources, tokenization and the source mixture."""

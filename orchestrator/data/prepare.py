@@ -1,0 +1,244 @@
+"""Real corpora that install offline: SQuAD, four SQuADShifts domains and VitaminC.
+
+BIG-bench's source distribution on PyPI carries these files. We download it once with pip
+(never install it), extract only the files we need, and write for each dataset:
+
+- ``<home>/<name>/train.jsonl``: training rows (``anchor``, ``positive`` and, for VitaminC,
+  ``negative``: the refuting evidence for the same claim, a natural hard negative);
+- ``<home>/<name>/eval/``: a held-out retrieval set in BEIR layout (``corpus.jsonl``,
+  ``queries.jsonl``, ``qrels.tsv``), plus ``triplets.jsonl`` where the data has negatives.
+
+The split is by article (SQuAD, New Wiki, NYT, Amazon), by page (VitaminC) or by paragraph
+(Reddit, one "article"): a question whose paragraph was trained on would leak its answer.
+A ``prepared.json`` marker makes re-runs instant.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.assets import data_home, pip_download
+
+BIGBENCH = "bigbench==1.0.0"
+TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+PREPARE_VERSION = 1
+HELD_OUT_FRACTION = 0.15
+MIN_GROUPS = 20  # fewer articles than this: hold out paragraphs instead
+SEED = 13
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    member: str  # file inside the BIG-bench sdist, relative to TASKS
+    kind: str  # "squad" or "vitaminc"
+    license: str
+
+
+DATASETS = {
+    d.name: d
+    for d in (
+        Dataset("squad", "squad_shifts/squaddev_v1.1.json", "squad", "CC BY-SA 4.0"),
+        Dataset("new_wiki", "squad_shifts/new_wiki_v1.0.json", "squad", "CC BY-SA 4.0"),
+        Dataset("nyt", "squad_shifts/nyt_v1.0.json", "squad", "CC BY-SA 4.0"),
+        Dataset("reddit", "squad_shifts/reddit_v1.0.json", "squad", "CC BY-SA 4.0"),
+        Dataset("amazon", "squad_shifts/amazon_reviews_v1.0.json", "squad", "CC BY-SA 4.0"),
+        Dataset(
+            "vitaminc", "vitaminc_fact_verification/task.json", "vitaminc", "CC BY-SA 3.0"
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def bigbench_files(members: list[str]) -> dict[str, Path]:
+    """Paths of the requested task files, extracted from the cached BIG-bench sdist."""
+    downloads = data_home() / "downloads"
+    extracted = downloads / "bigbench"
+    wanted = {m: extracted / m for m in members}
+    missing = [m for m, path in wanted.items() if not path.is_file()]
+    if missing:
+        archives = sorted(downloads.glob("bigbench-*.tar.gz"))
+        if not archives:
+            archives = [p for p in pip_download([BIGBENCH], downloads) if p.suffix == ".gz"]
+        names = {TASKS + m: m for m in missing}
+        with tarfile.open(archives[0], "r:gz") as tar:
+            for info in tar:  # one streaming pass over a 358 MB archive
+                if info.name in names:
+                    target = wanted[names.pop(info.name)]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(info) as src, target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    if not names:
+                        break
+        if names:
+            raise FileNotFoundError(f"{archives[0]} lacks {sorted(names)}")
+    return wanted
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def held_out_groups(groups: Iterable[str], seed: int = SEED) -> set[str]:
+    ordered = sorted(set(groups))
+    count = max(1, round(HELD_OUT_FRACTION * len(ordered)))
+    return set(random.Random(seed).sample(ordered, count))
+
+
+def interleave(groups: dict[str, list[dict]], seed: int = SEED) -> list[dict]:
+    """Round-robin over shuffled groups: rows of one paragraph/claim end up far apart.
+
+    Two questions about the same paragraph in one batch make each other's positive a false
+    negative; spreading them keeps batches clean even before Ray Data's local shuffle.
+    """
+    rng = random.Random(seed)
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    queues = [list(groups[k]) for k in keys]
+    out: list[dict] = []
+    while queues:
+        out.extend(q.pop(0) for q in queues)
+        queues = [q for q in queues if q]
+    return out
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def write_retrieval_set(
+    folder: Path, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, str]
+) -> None:
+    """BEIR layout: corpus/queries as ``{_id, text}`` JSONL, qrels as a TSV with a header."""
+    write_jsonl(folder / "corpus.jsonl", ({"_id": k, "text": v} for k, v in corpus.items()))
+    write_jsonl(folder / "queries.jsonl", ({"_id": k, "text": v} for k, v in queries.items()))
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t1" for q, d in qrels.items()]
+    (folder / "qrels.tsv").write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def prepare_squad(source: Path, out: Path) -> dict[str, int]:
+    """SQuAD-format JSON → (question, paragraph) pairs and a held-out paragraph retrieval set."""
+    articles = json.loads(source.read_text())["data"]
+    paragraphs = [
+        (article_index, paragraph_index, paragraph)
+        for article_index, article in enumerate(articles)
+        for paragraph_index, paragraph in enumerate(article["paragraphs"])
+    ]
+    by_paragraph = len(articles) < MIN_GROUPS
+    group_of = {(a, p): f"{a}" + (f"-{p}" if by_paragraph else "") for a, p, _ in paragraphs}
+    held_out = held_out_groups(group_of.values())
+
+    train: dict[str, list[dict]] = defaultdict(list)
+    corpus, queries, qrels = {}, {}, {}
+    for a, p, paragraph in paragraphs:
+        context, doc_id = paragraph["context"].strip(), f"a{a}p{p}"
+        for qa in paragraph["qas"]:
+            question = qa["question"].strip()
+            if group_of[(a, p)] in held_out:
+                corpus[doc_id] = context
+                queries[qa["id"]] = question
+                qrels[qa["id"]] = doc_id
+            else:
+                train[doc_id].append({"anchor": question, "positive": context})
+    rows = write_jsonl(out / "train.jsonl", interleave(train))
+    write_retrieval_set(out / "eval", corpus, queries, qrels)
+    return {"train_rows": rows, "eval_queries": len(queries), "eval_corpus": len(corpus)}
+
+
+def _vitaminc_examples(source: Path) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """(page, claim) → {"True": [evidence...], "False": [...]} from BIG-bench's task.json."""
+    claims: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for example in json.loads(source.read_text())["examples"]:
+        evidence, _, claim = example["input"].rpartition("\nClaim: ")
+        page, _, evidence = evidence.partition(": ")
+        label = max(example["target_scores"], key=example["target_scores"].get)
+        claims[(page.strip(), claim.strip())][label].append(evidence.strip())
+    return claims
+
+
+def prepare_vitaminc(source: Path, out: Path) -> dict[str, int]:
+    """Claims with a supporting and a refuting passage → (claim, support, refute) triplets.
+
+    Held out by Wikipedia page. The eval set is both a triplet file (does the model rank the
+    supporting passage above the refuting one?) and a retrieval set over all held-out evidence.
+    Garbled characters (U+FFFD) in the upstream text are kept: the reader reports those rows.
+    """
+    claims = _vitaminc_examples(source)
+    held_out = held_out_groups(page for page, _ in claims)
+    train: dict[str, list[dict]] = defaultdict(list)
+    triplets, corpus, queries, qrels = [], {}, {}, {}
+    doc_ids: dict[str, str] = {}
+    for (page, claim), labels in sorted(claims.items()):
+        if not (labels.get("True") and labels.get("False")):
+            continue
+        row = {"anchor": claim, "positive": labels["True"][0], "negative": labels["False"][0]}
+        if page not in held_out:
+            train[page].append(row)
+            continue
+        triplets.append(row)
+        qid = f"c{len(queries)}"
+        queries[qid] = claim
+        for text in (row["positive"], row["negative"]):
+            doc_ids.setdefault(text, f"e{len(doc_ids)}")
+            corpus[doc_ids[text]] = text
+        qrels[qid] = doc_ids[row["positive"]]
+    rows = write_jsonl(out / "train.jsonl", interleave(train))
+    write_jsonl(out / "eval" / "triplets.jsonl", triplets)
+    write_retrieval_set(out / "eval", corpus, queries, qrels)
+    return {"train_rows": rows, "eval_queries": len(queries), "eval_corpus": len(corpus)}
+
+
+PREPARERS = {"squad": prepare_squad, "vitaminc": prepare_vitaminc}
+
+
+def prepare(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Prepare the named datasets (default: all) under the data home; cached by a marker."""
+    names = names or list(DATASETS)
+    unknown = sorted(set(names) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {unknown}; known: {', '.join(DATASETS)}")
+    reports, todo = [], []
+    for name in names:
+        marker = data_home() / name / "prepared.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("version") == PREPARE_VERSION:
+            reports.append(json.loads(marker.read_text()))
+        else:
+            todo.append(DATASETS[name])
+    files = bigbench_files([d.member for d in todo]) if todo else {}
+    for dataset in todo:
+        out = data_home() / dataset.name
+        shutil.rmtree(out, ignore_errors=True)
+        counts = PREPARERS[dataset.kind](files[dataset.member], out)
+        report = {
+            "dataset": dataset.name,
+            "path": str(out),
+            "source": f"{BIGBENCH} {TASKS}{dataset.member}",
+            "license": dataset.license,
+            "version": PREPARE_VERSION,
+            **counts,
+        }
+        (out / "prepared.json").write_text(json.dumps(report, indent=2))
+        reports.append(report)
+    return reports

@@ -1,0 +1,83 @@
+"""Tokenization in Ray Data (off the training loop) and dynamic padding in the worker.
+
+Ray Data tasks turn text columns into ``<column>__ids`` token-id lists, unpadded, so the
+training loop only pads each group to its own longest row (no padding to ``max_seq_length``).
+Prompts (``query: ``/``passage: ``) are prefixed here, exactly as the evaluator prefixes them.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from orchestrator.spec import ANCHOR, POSITIVE
+
+IDS_SUFFIX = "__ids"
+
+
+def text_columns(names: list[str]) -> list[str]:
+    """Canonical text columns in training order: anchor, positive, negative_1..n."""
+    negatives = sorted(
+        (c for c in names if c.startswith("negative_")), key=lambda c: int(c.rsplit("_", 1)[1])
+    )
+    return [ANCHOR, POSITIVE, *negatives]
+
+
+def tokenizer_folder(model_path: str) -> str:
+    """The folder holding the tokenizer of a SentenceTransformer (its Transformer module)."""
+    modules = Path(model_path) / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("Transformer"):
+                return str(Path(model_path) / module.get("path", ""))
+    return model_path
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_folder(model_path), local_files_only=True)
+
+
+def tokenize_batch(
+    batch: pa.Table, model_path: str, max_length: int, prompts: dict[str, str]
+) -> pa.Table:
+    """Add ``<col>__ids`` (list<int32>) for every text column; ``prompts`` maps column or ``*``."""
+    tokenizer = load_tokenizer(model_path)
+    out = {}
+    for column in text_columns(batch.column_names):
+        prompt = prompts.get(column, prompts.get("*", ""))
+        texts = [prompt + text for text in batch.column(column).to_pylist()]
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        out[column + IDS_SUFFIX] = pa.array(ids, type=pa.list_(pa.int32()))
+    return pa.table(out)
+
+
+def pad(sequences: list[np.ndarray], pad_id: int):
+    """Right-pad to the longest sequence: ``input_ids`` and ``attention_mask`` tensors."""
+    import torch
+
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def collate(rows: dict[str, np.ndarray], pad_id: int):
+    """A batch of token ids → (queries, passages, n_docs).
+
+    Passages are positives followed by each negative column, stacked, so that the loss splits
+    the passage embeddings into ``n_docs`` equal chunks: [positives, negative_1, ...].
+    """
+    texts = text_columns([c.removesuffix(IDS_SUFFIX) for c in rows if c.endswith(IDS_SUFFIX)])
+    docs = [column + IDS_SUFFIX for column in texts[1:]]
+    passages = [seq for column in docs for seq in rows[column]]
+    return pad(list(rows[ANCHOR + IDS_SUFFIX]), pad_id), pad(passages, pad_id), len(docs)
