@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from orchestrator.data.sources import BadRowsError
+from orchestrator.errors import BadRowsError
 from orchestrator.spec import SpecError
 
 

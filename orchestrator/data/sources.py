@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
+from orchestrator.errors import BadRowsError
 from orchestrator.spec import ANCHOR, POSITIVE
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ FILE, LINE, PROBLEM = "_file", "_line", "_problem"
 EXTENSIONS = {"jsonl": ["jsonl", "json"], "parquet": ["parquet"], "csv": ["csv", "tsv"]}
 BLOCK_ROWS = 8192
 REPORTED_EXAMPLES = 5
-
-
-class BadRowsError(ValueError):
-    """Broken rows found while ``data.on_bad_rows`` is ``fail``."""
 
 
 def canonical_columns(source: Source) -> dict[str, str]:
@@ -160,7 +157,7 @@ def read_source(
 
     paths = resolve_paths(source.path)
     tagged = ray.data.read_datasource(
-        PairFileDatasource(paths, source), ray_remote_args={"num_cpus": num_cpus}
+        PairFileDatasource(paths, source), num_cpus=num_cpus
     ).materialize()
     bad = tagged.map_batches(_bad_rows, batch_format="pyarrow", num_cpus=num_cpus).materialize()
     clean = tagged.map_batches(_good_rows, batch_format="pyarrow", num_cpus=num_cpus)

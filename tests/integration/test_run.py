@@ -48,8 +48,9 @@ def test_two_worker_run_reports_metrics_and_exports(first_run):
     # The broken row is reported with its file and line, and nothing else is lost.
     colors = summary["sources"]["colors"]
     assert colors["rows"] == 96 and colors["bad_rows"] == 1
-    assert colors["examples"][0].endswith("colors.jsonl:6: empty 'anchor'")
-    assert summary["sources"]["more"] == {"rows": 64, "bad_rows": 0, "examples": []}
+    assert colors["examples"][0].endswith("colors.jsonl:6: empty 'question' (anchor)")
+    assert summary["sources"]["more"]["rows"] == 64
+    assert summary["sources"]["more"]["bad_rows"] == 0
     assert (result.run_dir / "spec.yaml").is_file()
     assert list(result.run_dir.glob("checkpoint_*/state.pt"))
 

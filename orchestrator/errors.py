@@ -1,0 +1,7 @@
+"""Errors about the user's input, importable without torch or Ray (the CLI catches them)."""
+
+from __future__ import annotations
+
+
+class BadRowsError(ValueError):
+    """Broken corpus rows found while ``data.on_bad_rows`` is ``fail``; names file and line."""
