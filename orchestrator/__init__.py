@@ -1,7 +1,7 @@
 """Ray-based experiment orchestrator for fine-tuning text-embedding models.
 
-    from orchestrator import load_spec, run
-    result = run(load_spec("experiments/quickstart.yaml"))
+from orchestrator import load_spec, run
+result = run(load_spec("experiments/quickstart.yaml"))
 """
 
 from orchestrator.spec import ExperimentSpec, SpecError, load_spec

@@ -16,15 +16,21 @@ def _print_result(result) -> None:
 
     s = result.summary
     v = s["verdict"]
-    print(f"\nrun {s['run_id']}: {s['steps']} steps, {s['pairs_seen']} pairs, "
-          f"{s['negatives_per_query']} negatives/query, {s['timings_s']['total']:.0f}s")
+    print(
+        f"\nrun {s['run_id']}: {s['steps']} steps, {s['pairs_seen']} pairs, "
+        f"{s['negatives_per_query']} negatives/query, {s['timings_s']['total']:.0f}s"
+    )
     print(comparison_table(s))
     if v["improved"]:
-        print(f"\nfine-tuning helped: {v['metric']} {v['baseline']:.4f} -> {v['finetuned']:.4f} "
-              f"({v['delta']:+.4f})")
+        print(
+            f"\nfine-tuning helped: {v['metric']} {v['baseline']:.4f} -> {v['finetuned']:.4f} "
+            f"({v['delta']:+.4f})"
+        )
     else:
-        print(f"\nWARNING: fine-tuning made the model WORSE: {v['metric']} {v['baseline']:.4f} -> "
-              f"{v['finetuned']:.4f} ({v['delta']:+.4f}). Keep the base model.")
+        print(
+            f"\nWARNING: fine-tuning made the model WORSE: {v['metric']} {v['baseline']:.4f} -> "
+            f"{v['finetuned']:.4f} ({v['delta']:+.4f}). Keep the base model."
+        )
     print(f"model:   {result.model_dir}\nsummary: {result.run_dir / 'summary.json'}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from orchestrator.spec import ExperimentSpec
+
 
 def _read_jsonl(path: str) -> dict[str, str]:
     out = {}
@@ -28,7 +28,9 @@ def _read_jsonl(path: str) -> dict[str, str]:
                     row = json.loads(line)
                     out[str(row["_id"])] = row["text"]
                 except (json.JSONDecodeError, KeyError) as exc:
-                    raise ValueError(f"{path}:{number}: expected {{'_id', 'text'}}: {exc}") from None
+                    raise ValueError(
+                        f"{path}:{number}: expected {{'_id', 'text'}}: {exc}"
+                    ) from None
     return out
 
 

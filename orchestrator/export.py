@@ -38,29 +38,48 @@ def comparison_table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
+    steps_by_source = summary.get("source_steps") or {}
+    lines = [
+        f"- `{name}` ({src.format}, weight {src.weight}): "
+        f"{summary['sources'][name]['rows']} usable rows, {steps_by_source.get(name, 0)} steps"
+        for name, src in spec.data.sources.items()
+    ]
+    loss = spec.loss
+    tau = f", τ = {loss.temperature}" if hasattr(loss, "temperature") else ""
+    symmetric = ", symmetric" if getattr(loss, "symmetric", False) else ""
+    lines.append(
+        f"- Loss: `{loss.kind}`{tau}{symmetric}; "
+        f"{summary['negatives_per_query']} negatives per query per step"
+    )
+    if spec.lora:
+        modules = ", ".join(spec.lora.target_modules)
+        lines.append(f"- LoRA r={spec.lora.r}, alpha={spec.lora.alpha} on {modules} (merged)")
+    else:
+        lines.append("- Full fine-tuning")
+    lines.append(
+        f"- {summary['steps']} steps, global batch {spec.train.batch_size} over "
+        f"{spec.scaling.num_workers} worker(s), {summary['pairs_seen']} pairs seen"
+    )
+    lines.append(
+        f"- Prompts: query {spec.model.query_prompt!r}, passage {spec.model.passage_prompt!r}"
+    )
+    return lines
+
+
 def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: dict[str, Any]) -> None:
     """README.md (model card) plus metrics.json next to the exported weights."""
     (model_dir / "metrics.json").write_text(
         json.dumps({k: summary[k] for k in ("baseline", "finetuned", "verdict")}, indent=2)
     )
-    loss = spec.loss
-    tau = getattr(loss, "temperature", None)
-    sources = "\n".join(
-        f"- `{name}` ({src.format}, weight {src.weight}): {summary['sources'][name]['rows']} "
-        f"usable pairs, {summary['source_steps'].get(name, 0) if summary.get('source_steps') else 0} steps"
-        for name, src in spec.data.sources.items()
-    )
     verdict = summary["verdict"]
     outcome = (
         f"improved {verdict['metric']} by {verdict['delta']:+.4f}"
         if verdict["improved"]
-        else f"**did not improve** {verdict['metric']} ({verdict['delta']:+.4f}): prefer the base model"
+        else f"**did not improve** {verdict['metric']} ({verdict['delta']:+.4f}): "
+        "prefer the base model"
     )
-    lora = (
-        f"LoRA r={spec.lora.r}, alpha={spec.lora.alpha} on {', '.join(spec.lora.target_modules)} (merged)"
-        if spec.lora
-        else "full fine-tuning"
-    )
+    training = "\n".join(_training_lines(spec, summary))
     card = f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
@@ -70,26 +89,22 @@ tags: [sentence-transformers, sentence-similarity, embedding-orchestrator]
 
 # {spec.name}
 
-Fine-tuned from `{spec.model.base}` by embedding-orchestrator (run `{summary['run_id']}`).
+Fine-tuned from `{spec.model.base}` by embedding-orchestrator (run `{summary["run_id"]}`).
 Fine-tuning {outcome} on the held-out set.
 
 ## Training
-- Data sources (one source per global batch, by weight):
-{sources}
-- Loss: `{loss.kind}`{f", τ = {tau}" if tau else ""}{", symmetric" if getattr(loss, "symmetric", False) else ""}; \
-{summary['negatives_per_query']} negatives per query per step
-- {lora}; {summary['steps']} steps, global batch {spec.train.batch_size} over \
-{spec.scaling.num_workers} worker(s); {summary['pairs_seen']} pairs seen
-- Prompts: query `{spec.model.query_prompt!r}`, passage `{spec.model.passage_prompt!r}`
+Data sources (each global batch is drawn from one source, chosen by weight):
+{training}
 
-## Held-out evaluation (base vs fine-tuned)
+## Held-out evaluation (base vs fine-tuned, same data, same evaluator)
 {comparison_table(summary)}
 
 ## Use
 ```python
 from sentence_transformers import SentenceTransformer
+
 model = SentenceTransformer("path/to/this/folder")
-queries = model.encode(["..."], prompt_name="query") if "query" in model.prompts else model.encode(["..."])
+embeddings = model.encode(["first text", "second text"])
 ```
 """
     (model_dir / "README.md").write_text(card)

@@ -43,7 +43,9 @@ def preflight(spec: ExperimentSpec) -> list[str]:
     problems, warnings = [], []
     for name, source in spec.data.sources.items():
         if not _exists(source.path):
-            problems.append(f"data.sources.{name}.path: {source.path} does not exist ({_PREPARE_HINT})")
+            problems.append(
+                f"data.sources.{name}.path: {source.path} does not exist ({_PREPARE_HINT})"
+            )
     for key in ("corpus", "queries", "qrels"):
         path = getattr(spec.data.eval, key)
         if not _exists(path):

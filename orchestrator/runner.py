@@ -139,7 +139,9 @@ def run(
     _log_reports(reports)
 
     t0 = time.time()
-    baseline = ray.get(_evaluate_task.options(**_remote_options(spec)).remote(spec_json, model_path))
+    baseline = ray.get(
+        _evaluate_task.options(**_remote_options(spec)).remote(spec_json, model_path)
+    )
     baseline_s = time.time() - t0
     log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
 

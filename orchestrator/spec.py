@@ -26,11 +26,11 @@ from pydantic import (
 )
 
 #: Canonical column names every source is mapped onto.
-ANCHOR, POSITIVE, NEGATIVE = "anchor", "positive", "negative"
+ANCHOR, POSITIVE = "anchor", "positive"
 
 
 class SpecError(ValueError):
-    """A spec that cannot run: each problem names the dotted field path and, where useful, a hint."""
+    """A spec that cannot run: each problem names the dotted field path and a hint where useful."""
 
     def __init__(self, problems: list[str], origin: str = "spec") -> None:
         self.problems = problems
@@ -149,13 +149,13 @@ class _LossBase(_Section):
             raise ValueError("matryoshka_weights needs one weight per matryoshka_dims entry")
         return self
 
-    #: Canonical columns the loss needs in every batch.
     def required_negatives(self) -> int:
+        """Hard-negative columns every source must map for this loss."""
         return 0
 
 
 class InfoNCELoss(_LossBase):
-    """InfoNCE / MultipleNegativesRanking: in-batch (and hard) negatives, softmax at temperature τ."""
+    """InfoNCE / MultipleNegativesRanking: in-batch (and hard) negatives, softmax at τ."""
 
     kind: Literal["infonce", "mnrl"]
     temperature: PositiveFloat = Field(default=0.05, le=1.0, description="τ; scale = 1/τ.")
@@ -222,7 +222,8 @@ class ScalingSpec(_Section):
     )
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
     cpus_per_data_task: PositiveFloat = Field(
-        default=0.5, description="CPU per Ray Data read/tokenize task (fractions overlap with training)."
+        default=0.5,
+        description="CPU per Ray Data read/tokenize task (fractions overlap with training).",
     )
 
     @property

@@ -80,7 +80,7 @@ def load_state(checkpoint: ray.train.Checkpoint | str | None) -> tuple[dict | No
     if checkpoint is None:
         return None, {}
     path = checkpoint if isinstance(checkpoint, str) else None
-    with (nullcontext(path) if path else checkpoint.as_directory()) as directory:
+    with nullcontext(path) if path else checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         meta = json.loads((Path(directory) / META_FILE).read_text())
     return state, meta
@@ -139,7 +139,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         for name in spec.data.sources
     }
-    mixed = MixedStream(Mixture({n: s.weight for n, s in spec.data.sources.items()}, spec.train.seed), streams)
+    mixed = MixedStream(
+        Mixture({n: s.weight for n, s in spec.data.sources.items()}, spec.train.seed), streams
+    )
     pad_id = model.tokenizer.pad_token_id or 0
     trainable, total = count_parameters(model)
     precision = spec.train.precision
@@ -151,7 +153,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     source_steps = dict(meta.get("source_steps", {}))
     pairs_seen = meta.get("pairs_seen", 0)
-    running_loss, window_steps, window_start, data_wait = torch.zeros((), device=device), 0, time.perf_counter(), 0.0
+    running_loss, window_steps, window_start, data_wait = (
+        torch.zeros((), device=device),
+        0,
+        time.perf_counter(),
+        0.0,
+    )
     hard = 0
 
     encoder.train()

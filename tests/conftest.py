@@ -16,8 +16,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
-THINGS = ["car", "house", "bird", "boat", "lamp", "chair", "kite", "door", "cup", "hat",
-          "book", "ball", "tree", "shoe", "bike", "coat"]
+THINGS = [
+    "car",
+    "house",
+    "bird",
+    "boat",
+    "lamp",
+    "chair",
+    "kite",
+    "door",
+    "cup",
+    "hat",
+    "book",
+    "ball",
+    "tree",
+    "shoe",
+    "bike",
+    "coat",
+]
 
 
 def pairs(seed: int, n: int) -> list[dict[str, str]]:
@@ -26,11 +42,13 @@ def pairs(seed: int, n: int) -> list[dict[str, str]]:
     for _ in range(n):
         thing, color = rng.choice(THINGS), rng.choice(COLORS)
         other = rng.choice([c for c in COLORS if c != color])
-        rows.append({
-            "question": f"what color is the {thing}",
-            "answer": f"the {thing} is {color} and shiny",
-            "wrong": f"the {thing} is {other} and dull",
-        })
+        rows.append(
+            {
+                "question": f"what color is the {thing}",
+                "answer": f"the {thing} is {color} and shiny",
+                "wrong": f"the {thing} is {other} and dull",
+            }
+        )
     return rows
 
 
@@ -55,8 +73,12 @@ def tiny_model(tmp_path_factory) -> str:
     tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     hf_dir = root / "hf"
     BertModel(config).save_pretrained(hf_dir)
@@ -101,11 +123,15 @@ def tiny_spec_dict(tiny_model: str, corpora: dict[str, Path], tmp_path: Path) ->
         "data": {
             "sources": {
                 "colors": {
-                    "format": "jsonl", "path": str(corpora["colors"]), "weight": 3,
+                    "format": "jsonl",
+                    "path": str(corpora["colors"]),
+                    "weight": 3,
                     "columns": {"anchor": "question", "positive": "answer"},
                 },
                 "more": {
-                    "format": "jsonl", "path": str(corpora["more"]), "weight": 1,
+                    "format": "jsonl",
+                    "path": str(corpora["more"]),
+                    "weight": 1,
                     "columns": {"anchor": "question", "positive": "answer"},
                 },
             },
@@ -116,7 +142,13 @@ def tiny_spec_dict(tiny_model: str, corpora: dict[str, Path], tmp_path: Path) ->
             },
         },
         "loss": {"kind": "infonce", "temperature": 0.05},
-        "train": {"lr": 1e-3, "max_steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1},
+        "train": {
+            "lr": 1e-3,
+            "max_steps": 4,
+            "batch_size": 8,
+            "checkpoint_every": 2,
+            "log_every": 1,
+        },
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "cpus_per_data_task": 0.25},
         "eval": {"batch_size": 16},
         "storage": {"root": str(tmp_path / "runs")},

@@ -51,9 +51,7 @@ DATASETS = {
         Dataset("nyt", "squad_shifts/nyt_v1.0.json", "squad", "CC BY-SA 4.0"),
         Dataset("reddit", "squad_shifts/reddit_v1.0.json", "squad", "CC BY-SA 4.0"),
         Dataset("amazon", "squad_shifts/amazon_reviews_v1.0.json", "squad", "CC BY-SA 4.0"),
-        Dataset(
-            "vitaminc", "vitaminc_fact_verification/task.json", "vitaminc", "CC BY-SA 3.0"
-        ),
+        Dataset("vitaminc", "vitaminc_fact_verification/task.json", "vitaminc", "CC BY-SA 3.0"),
     )
 }
 

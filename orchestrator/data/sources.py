@@ -184,6 +184,8 @@ def read_sources(
         reports.append(report)
     broken = [r for r in reports if r.bad_rows]
     if broken and data.on_bad_rows == "fail":
-        lines = [f"data.sources.{r.name}: {r.bad_rows} bad row(s), e.g. {r.lines()[0]}" for r in broken]
+        lines = [
+            f"data.sources.{r.name}: {r.bad_rows} bad row(s), e.g. {r.lines()[0]}" for r in broken
+        ]
         raise BadRowsError("broken rows with data.on_bad_rows=fail:\n  " + "\n  ".join(lines))
     return datasets, reports
