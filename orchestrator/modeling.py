@@ -19,12 +19,13 @@ QUERY, PASSAGE = "query", "passage"
 
 
 def load_encoder(model_path: str, spec: ModelSpec, device: str | torch.device = "cpu"):
-    """Load the base encoder with the spec's sequence length, pooling and prompts."""
+    """Load the base encoder with the spec's sequence length, pooling, dropout and prompts."""
     model = SentenceTransformer(
         model_path,
         device=str(device),
         trust_remote_code=spec.trust_remote_code,
         local_files_only=True,
+        config_kwargs=_attention_dropout_kwargs(model_path, spec.attention_dropout),
     )
     model.max_seq_length = spec.max_seq_length
     if spec.pooling is not None:
@@ -35,6 +36,23 @@ def load_encoder(model_path: str, spec: ModelSpec, device: str | torch.device = 
     prompts = {QUERY: spec.query_prompt, PASSAGE: spec.passage_prompt}
     model.prompts = {**model.prompts, **{k: v for k, v in prompts.items() if v}}
     return model
+
+
+#: Config keys that hold the attention-probability dropout, by model family.
+_ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def _attention_dropout_kwargs(model_path: str, dropout: float | None) -> dict | None:
+    """Config overrides that set the attention dropout under the key this model uses."""
+    if dropout is None:
+        return None
+    from transformers import AutoConfig
+
+    from orchestrator.data.tokenize import transformer_folder
+
+    config = AutoConfig.from_pretrained(transformer_folder(model_path), local_files_only=True)
+    keys = [k for k in _ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+    return dict.fromkeys(keys, dropout) or None
 
 
 def transformer_of(model: SentenceTransformer) -> torch.nn.Module:

@@ -57,6 +57,14 @@ class ModelSpec(_Section):
     pooling: Literal["mean", "cls", "lasttoken"] | None = Field(
         default=None, description="Override the model's own pooling; None keeps it."
     )
+    attention_dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="Override the attention-probability dropout (None keeps the model's). "
+        "0 lets PyTorch use fused attention kernels while training: about 2x faster steps "
+        "on CPU (bench/), at the cost of that regularizer.",
+    )
     query_prompt: str = Field(default="", description="Prefix for anchors/queries, e.g. 'query: '.")
     passage_prompt: str = Field(default="", description="Prefix for positives/negatives/corpus.")
     trust_remote_code: bool = False

@@ -27,8 +27,8 @@ def text_columns(names: list[str]) -> list[str]:
     return [ANCHOR, POSITIVE, *negatives]
 
 
-def tokenizer_folder(model_path: str) -> str:
-    """The folder holding the tokenizer of a SentenceTransformer (its Transformer module)."""
+def transformer_folder(model_path: str) -> str:
+    """The folder of a SentenceTransformer's Transformer module: its HF config and tokenizer."""
     modules = Path(model_path) / "modules.json"
     if modules.is_file():
         for module in json.loads(modules.read_text()):
@@ -41,7 +41,7 @@ def tokenizer_folder(model_path: str) -> str:
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tokenizer_folder(model_path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(transformer_folder(model_path), local_files_only=True)
 
 
 def tokenize_batch(

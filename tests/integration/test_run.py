@@ -79,3 +79,31 @@ def test_resume_continues_at_the_checkpoint_step(first_run, tmp_path):
     assert {name: p["batch"] for name, p in meta["positions"].items()} == {
         name: second.summary["source_steps"].get(name, 0) for name in spec["data"]["sources"]
     }
+
+
+def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, corpora, tmp_path):
+    """LoRA adapters train, bf16 autocast runs on CPU, and the export is a plain merged model."""
+    from sentence_transformers import SentenceTransformer
+
+    from orchestrator import run
+    from tests.conftest import tiny_spec_dict
+
+    spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
+    spec["lora"] = {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}
+    spec["loss"] = {"kind": "mnrl", "temperature": 0.1, "matryoshka_dims": [32, 16]}
+    spec["train"].update(max_steps=2, precision="bf16", lr=1e-2)
+    spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
+    result = run(spec)
+
+    assert result.summary["steps"] == 2
+    assert 0 < result.summary["trainable_params"] < result.summary["total_params"] / 5
+    exported = list((result.model_dir).glob("*.safetensors")) + list(
+        result.model_dir.glob("**/model.safetensors")
+    )
+    assert exported, "the export holds full (merged) weights"
+    assert not list(result.model_dir.rglob("adapter_config.json"))
+    model = SentenceTransformer(str(result.model_dir))
+    base = SentenceTransformer(tiny_model)
+    text = ["the boat is green and shiny"]
+    assert model.encode(text).shape == (1, 32)
+    assert abs(model.encode(text) - base.encode(text)).max() > 1e-4, "LoRA changed the weights"
