@@ -6,6 +6,7 @@ corpora and evaluation files exist, the base model can be found, Matryoshka dims
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def _exists(path: str) -> bool:
     if "://" in path:  # remote objects are checked by the reader on the cluster
         return True
     if any(ch in path for ch in "*?["):
-        return any(Path().glob(path))
+        return bool(glob.glob(path, recursive=True))
     return Path(path).exists()
 
 

@@ -25,6 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+#: Marks a cross-field error whose lines each start with their own dotted path.
+_CROSS_FIELD = "cross-field:\n"
+
 #: Canonical column names every source is mapped onto.
 ANCHOR, POSITIVE = "anchor", "positive"
 
@@ -286,8 +289,8 @@ class ExperimentSpec(_Section):
             problems.append(f"eval.main_metric: {main!r} is not like 'ndcg@10' or 'mrr@10'")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             problems.append("train.precision: fp16 needs GPUs (scaling.gpus_per_worker > 0)")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if problems:  # one line each; _format_error splits them back into separate problems
+            raise ValueError(_CROSS_FIELD + "\n".join(problems))
         return self
 
     @property
@@ -329,10 +332,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _format_error(error: dict[str, Any]) -> str:
+def _format_error(error: dict[str, Any]) -> list[str]:
     # Drop the union tag pydantic inserts (e.g. `loss.infonce.temperature` -> `loss.temperature`).
     loc = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
     message = error["msg"].removeprefix("Value error, ")
+    if message.startswith(_CROSS_FIELD):
+        return message.removeprefix(_CROSS_FIELD).splitlines()
     hint = ""
     if error["type"] == "extra_forbidden":
         hint = " (unknown field: check spelling)"
@@ -342,7 +347,7 @@ def _format_error(error: dict[str, Any]) -> str:
     elif error["type"] == "missing":
         hint = " (required)"
     path = ".".join(p for p in loc if p not in _TAGS) or "<root>"
-    return f"{path}: {message}{hint}"
+    return [f"{path}: {message}{hint}"]
 
 
 #: Discriminator tags pydantic puts into error locations; they are not part of the user's path.
@@ -356,7 +361,8 @@ def parse_spec(raw: dict[str, Any], origin: str = "spec") -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError([_format_error(e) for e in exc.errors()], origin) from None
+        problems = [line for e in exc.errors() for line in _format_error(e)]
+        raise SpecError(problems, origin) from None
 
 
 def load_spec(
@@ -376,4 +382,8 @@ def load_spec(
         except yaml.YAMLError as exc:
             raise SpecError([f"<file>: not valid YAML/JSON: {exc}"], str(path)) from None
         origin = str(path)
-    return parse_spec(apply_overrides(raw or {}, overrides or []), origin)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(["<root>: expected a mapping of sections"], origin)
+    return parse_spec(apply_overrides(raw, overrides or []), origin)

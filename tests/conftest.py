@@ -70,7 +70,7 @@ def tiny_model(tmp_path_factory) -> str:
     words = sorted({w for r in pairs(0, 200) for text in r.values() for w in text.split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(vocab),

@@ -25,7 +25,7 @@ class Mixture:
     def __init__(self, weights: Mapping[str, float], seed: int) -> None:
         if not weights or any(w <= 0 for w in weights.values()):
             raise ValueError(f"mixture weights must be positive: {dict(weights)}")
-        self.names = list(weights)
+        self.names = sorted(weights)  # the spec hash ignores source order; so must the choice
         total = float(sum(weights.values()))
         self.probabilities = np.array([weights[n] / total for n in self.names])
         self.seed = seed

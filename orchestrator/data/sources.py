@@ -79,13 +79,15 @@ class PairFileDatasource(FileBasedDatasource):
             for number, record in enumerate(table.to_pylist(), start=1):
                 yield number, record, None
             return
-        text = data.decode("utf-8", errors="replace")  # bad bytes show up as U+FFFD: garbled
+        # Bad bytes show up as U+FFFD (reported as garbled); a BOM (Excel's "CSV UTF-8") goes.
+        text = data.decode("utf-8-sig", errors="replace")
         if self._format == "csv":
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=self._delimiter)
             for record in reader:
                 yield reader.line_num, record, None
             return
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085 inside JSON strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -156,9 +158,9 @@ def read_source(
     import ray.data
 
     paths = resolve_paths(source.path)
-    tagged = ray.data.read_datasource(
-        PairFileDatasource(paths, source), num_cpus=num_cpus
-    ).materialize()
+    read = ray.data.read_datasource(PairFileDatasource(paths, source), num_cpus=num_cpus)
+    files = len(read.input_files())  # known before materializing only
+    tagged = read.materialize()
     bad = tagged.map_batches(_bad_rows, batch_format="pyarrow", num_cpus=num_cpus).materialize()
     clean = tagged.map_batches(_good_rows, batch_format="pyarrow", num_cpus=num_cpus)
     if source.max_rows:
@@ -166,7 +168,7 @@ def read_source(
     clean = clean.materialize()
     report = SourceReport(
         name=name,
-        files=len(tagged.input_files()),
+        files=files,
         rows=clean.count(),
         bad_rows=bad.count(),
         examples=sorted(bad.take(1000), key=lambda e: (e[FILE], e[LINE]))[:REPORTED_EXAMPLES],

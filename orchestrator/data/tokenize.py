@@ -63,12 +63,12 @@ def pad(sequences: list[np.ndarray], pad_id: int):
     import torch
 
     longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    ids = np.full((len(sequences), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), longest), dtype=np.int64)
     for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def collate(rows: dict[str, np.ndarray], pad_id: int):

@@ -1,0 +1,216 @@
+"""Spec → loss: InfoNCE (plain, hard negatives, symmetric, Matryoshka, gathered) and triplet."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator.losses import build_loss, negatives_per_query
+from orchestrator.spec import InfoNCELoss, TripletLossSpec
+
+B, DIM = 4, 16
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(tiny_model, device="cpu")
+
+
+def random_embeddings(seed: int, n: int = 3) -> list[torch.Tensor]:
+    """``n`` independent (B, DIM) embedding tensors: queries, positives, negatives..."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, DIM, generator=generator) for _ in range(n)]
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def info_nce(queries, docs, scale, labels=None) -> torch.Tensor:
+    """Cross entropy of scaled cosine similarities; query i's positive is docs[labels[i]]."""
+    labels = torch.arange(len(queries)) if labels is None else labels
+    return F.cross_entropy(scale * cos(queries, docs), labels)
+
+
+def infonce_spec(**fields) -> InfoNCELoss:
+    return InfoNCELoss(kind="infonce", temperature=0.05, **fields)
+
+
+def test_temperature_becomes_the_scale(model):
+    assert build_loss(infonce_spec(), model).inner.scale == pytest.approx(20.0)
+
+
+def test_infonce_matches_hand_computation(model):
+    queries, positives = random_embeddings(1, n=2)
+    loss = build_loss(infonce_spec(), model)([queries, positives])
+    assert loss.item() == pytest.approx(info_nce(queries, positives, 20.0).item(), rel=1e-5)
+
+
+def test_infonce_with_a_hard_negative_matches_hand_computation(model):
+    # Passages arrive as [positives, negatives] and are chunked as in the training step.
+    queries, positives, negatives = random_embeddings(2)
+    passages = torch.cat([positives, negatives])
+    loss = build_loss(infonce_spec(), model)([queries, *passages.chunk(2)])
+    expected = info_nce(queries, passages, 20.0)  # each query: 2B - 1 = 7 negatives
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_symmetric_infonce_averages_both_directions(model):
+    # sentence-transformers' symmetric variant: directions query_to_doc + doc_to_query with
+    # partition_mode="per_direction", i.e. the mean of the two cross entropies. The
+    # passage->query direction ranks each positive against all queries (no hard negatives).
+    queries, positives, negatives = random_embeddings(3)
+    loss = build_loss(infonce_spec(symmetric=True), model)([queries, positives, negatives])
+    forward = info_nce(queries, torch.cat([positives, negatives]), 20.0)
+    backward = info_nce(positives, queries, 20.0)
+    assert loss.item() == pytest.approx(((forward + backward) / 2).item(), rel=1e-5)
+
+
+def test_symmetric_differs_from_one_direction(model):
+    embeddings = random_embeddings(4, n=2)
+    one = build_loss(infonce_spec(), model)(embeddings)
+    both = build_loss(infonce_spec(symmetric=True), model)(embeddings)
+    assert one.item() != pytest.approx(both.item())
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected_weights"),
+    [(None, [1.0, 1.0, 1.0]), ([1.0, 0.5, 0.25], [1.0, 0.5, 0.25])],
+    ids=["default-weights", "given-weights"],
+)
+def test_matryoshka_sums_weighted_truncated_losses(model, weights, expected_weights):
+    dims = [16, 8, 4]
+    spec = infonce_spec(matryoshka_dims=dims, matryoshka_weights=weights)
+    queries, positives = random_embeddings(5, n=2)
+    loss = build_loss(spec, model)([queries, positives])
+    expected = sum(
+        w * info_nce(queries[:, :d], positives[:, :d], 20.0)
+        for d, w in zip(dims, expected_weights, strict=True)
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+TRIPLET_DISTANCES = {
+    "cosine": lambda a, b: 1 - F.cosine_similarity(a, b),
+    "euclidean": lambda a, b: (a - b).norm(dim=-1),
+    "manhattan": lambda a, b: (a - b).abs().sum(dim=-1),
+}
+
+
+@pytest.mark.parametrize("distance", list(TRIPLET_DISTANCES))
+def test_triplet_matches_hand_computation(model, distance):
+    margin = 0.3 if distance == "cosine" else 2.0
+    spec = TripletLossSpec(kind="triplet", margin=margin, distance=distance)
+    anchors, positives, negatives = random_embeddings(6)
+    loss = build_loss(spec, model)([anchors, positives, negatives])
+    d = TRIPLET_DISTANCES[distance]
+    expected = F.relu(d(anchors, positives) - d(anchors, negatives) + margin).mean()
+    assert expected.item() > 0  # the margin is active for some rows
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_loss_has_gradients(model):
+    queries, positives = (e.requires_grad_() for e in random_embeddings(7, n=2))
+    build_loss(infonce_spec(), model)([queries, positives]).backward()
+    assert queries.grad.abs().sum() > 0 and positives.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "per_worker", "world", "hard", "expected"),
+    [
+        (infonce_spec(), 32, 1, 0, 31),
+        (infonce_spec(), 4, 2, 0, 7),
+        (infonce_spec(), 4, 2, 1, 15),
+        (infonce_spec(gather_across_workers=False), 4, 2, 0, 3),
+        (infonce_spec(gather_across_workers=False), 4, 2, 2, 11),
+        (TripletLossSpec(kind="triplet"), 4, 2, 1, 1),
+    ],
+)
+def test_negatives_per_query(spec, per_worker, world, hard, expected):
+    assert negatives_per_query(spec, per_worker, world, hard) == expected
+
+
+# --------------------------------------------------------------------------- two processes
+
+LOCAL_B, WORLD = 3, 2
+
+
+def global_embeddings() -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and positives of the whole (2-rank) step; rank r owns rows r*b..(r+1)*b."""
+    generator = torch.Generator().manual_seed(42)
+    shape = (LOCAL_B * WORLD, DIM)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+
+
+def gathered_worker(rank: int, port: int, model, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=30),  # fail, rather than hang, if the other rank dies
+    )
+    try:
+        queries, positives = global_embeddings()
+        mine = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+        local_q = queries[mine].clone().requires_grad_()
+        local_p = positives[mine].clone().requires_grad_()
+        loss = build_loss(infonce_spec(gather_across_workers=True), model, world_size=WORLD)(
+            [local_q, local_p]
+        )
+        loss.backward()
+        result = {"loss": loss.detach(), "q_grad": local_q.grad, "p_grad": local_p.grad}
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gathered_infonce_across_two_processes(model, tmp_path):
+    import torch.multiprocessing as mp
+
+    # fork: the workers inherit the imported libraries and the loaded model (spawn would
+    # re-import torch and sentence-transformers in each process: ~10 s more on 2 cores).
+    mp.start_processes(
+        gathered_worker,
+        args=(free_port(), model, str(tmp_path)),
+        nprocs=WORLD,
+        join=True,
+        start_method="fork",
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    queries, positives = (e.requires_grad_() for e in global_embeddings())
+    total = torch.zeros(())
+    for rank, result in enumerate(ranks):
+        mine = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+        # Each local query against all 2b gathered positives: 2b - 1 = 5 negatives.
+        labels = torch.arange(LOCAL_B) + rank * LOCAL_B
+        expected = info_nce(queries[mine], positives, 20.0, labels)
+        assert result["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+        local_only = info_nce(queries[mine].detach(), positives[mine].detach(), 20.0)
+        assert result["loss"].item() != pytest.approx(local_only.item(), rel=1e-3)
+        total = total + expected
+    assert negatives_per_query(infonce_spec(), LOCAL_B, WORLD, 0) == 5
+
+    # Gradients reach the local embeddings: each rank gets d(sum of all ranks' losses)/d(own rows).
+    total.backward()
+    for rank, result in enumerate(ranks):
+        mine = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+        assert result["q_grad"].abs().sum() > 0 and result["p_grad"].abs().sum() > 0
+        torch.testing.assert_close(result["q_grad"], queries.grad[mine])
+        torch.testing.assert_close(result["p_grad"], positives.grad[mine])

@@ -1,0 +1,345 @@
+"""The experiment spec: loading, field-path errors, overrides, run ids, preflight and the CLI."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+import orchestrator
+from orchestrator.__main__ import main
+from orchestrator.preflight import preflight
+from orchestrator.spec import SpecError, apply_overrides, load_spec, parse_spec
+
+EXPERIMENTS = sorted((Path(__file__).parents[2] / "experiments").glob("*.yaml"))
+REMOVE = object()  # marks a key to delete in `changed`
+
+
+def minimal_raw() -> dict:
+    """The smallest valid spec; parse_spec needs no files."""
+    return {
+        "name": "t",
+        "model": {"base": "some-model"},
+        "data": {
+            "sources": {"a": {"format": "jsonl", "path": "a.jsonl"}},
+            "eval": {"corpus": "c.jsonl", "queries": "q.jsonl", "qrels": "r.tsv"},
+        },
+        "loss": {"kind": "infonce"},
+    }
+
+
+def changed(raw: dict, changes: dict[str, object]) -> dict:
+    """A deep copy of ``raw`` with dotted keys set (or deleted with REMOVE)."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is REMOVE:
+            del node[last]
+        else:
+            node[last] = value
+    return raw
+
+
+def problems_of(raw: dict, overrides: list[str] | None = None) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(raw, overrides)
+    return info.value.problems
+
+
+def write_spec(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_file_loads(path):
+    spec = load_spec(path)
+    assert spec.name
+
+
+def test_minimal_spec_is_valid():
+    spec = parse_spec(minimal_raw())
+    assert spec.train.batch_size == 32 and spec.data.sources["a"].weight == 1.0
+
+
+BAD_SPECS = [
+    pytest.param({"trian": {"lr": 0.1}}, "trian", "unknown field", id="top-level-typo"),
+    pytest.param({"train.lrr": 0.1}, "train.lrr", "unknown field", id="section-typo"),
+    pytest.param({"train.max_steps": "many"}, "train.max_steps", "integer", id="wrong-type"),
+    pytest.param({"loss.kind": "arcface"}, "loss.kind", "arcface", id="unknown-loss"),
+    pytest.param(
+        {"loss.kind": "triplet"},
+        "data.sources.a.columns.negatives",
+        "needs 1 negative",
+        id="triplet-without-negatives",
+    ),
+    pytest.param(
+        {"train.batch_size": 10, "scaling.num_workers": 3},
+        "train.batch_size",
+        "num_workers=3",
+        id="batch-not-divisible",
+    ),
+    pytest.param(
+        {"loss.matryoshka_dims": [16, 32]}, "loss", "strictly decreasing", id="matryoshka-order"
+    ),
+    pytest.param(
+        {"loss.matryoshka_dims": [32, 16], "loss.matryoshka_weights": [1.0]},
+        "loss",
+        "one weight per",
+        id="matryoshka-weights",
+    ),
+    pytest.param({"train.precision": "fp16"}, "train.precision", "GPUs", id="fp16-on-cpu"),
+    pytest.param(
+        {"data.sources.1bad": {"format": "jsonl", "path": "b.jsonl"}},
+        "data.sources",
+        "'1bad'",
+        id="bad-source-name",
+    ),
+    pytest.param({"model.base": REMOVE}, "model.base", "required", id="missing-model-base"),
+    pytest.param(
+        {"data.sources.a.format": "xml"}, "data.sources.a.format", "xml", id="unknown-format"
+    ),
+    pytest.param(
+        {"loss.temperature": 2}, "loss.temperature", "less than or equal", id="temperature-above-1"
+    ),
+    pytest.param({"eval.main_metric": "f1"}, "eval.main_metric", "ndcg@10", id="bad-main-metric"),
+]
+
+
+@pytest.mark.parametrize(("changes", "path", "words"), BAD_SPECS)
+def test_bad_spec_names_the_field(changes, path, words):
+    problems = problems_of(changed(minimal_raw(), changes))
+    matching = [p for p in problems if f"{path}:" in p]
+    assert matching, problems
+    assert any(words in p for p in matching), problems
+
+
+def test_every_problem_is_reported_at_once():
+    problems = problems_of(changed(minimal_raw(), {"trian": {}, "train.lrr": 1, "model.base": 3}))
+    assert len(problems) == 3
+
+
+def test_cross_field_problems_are_separate_and_start_with_their_path():
+    raw = changed(minimal_raw(), {"train.batch_size": 10, "scaling.num_workers": 3})
+    problems = problems_of(changed(raw, {"train.precision": "fp16"}))
+    assert any(p.startswith("train.batch_size:") for p in problems), problems
+    assert any(p.startswith("train.precision:") for p in problems), problems
+
+
+def test_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_is_a_spec_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_overrides_are_parsed_as_yaml_and_applied():
+    spec = load_spec(
+        minimal_raw(),
+        overrides=[
+            "train.lr=0.001",
+            "loss.kind=triplet",
+            "data.sources.a.columns.negatives=[wrong]",
+            "lora.r=4",
+        ],
+    )
+    assert spec.train.lr == 0.001
+    assert spec.loss.kind == "triplet"
+    assert spec.data.sources["a"].columns.negatives == ["wrong"]
+    assert spec.lora is not None and spec.lora.r == 4
+
+
+def test_overrides_apply_before_validation():
+    # The raw spec is valid; the override alone makes it invalid.
+    problems = problems_of(minimal_raw(), ["loss.kind=triplet"])
+    assert any("data.sources.a.columns.negatives:" in p for p in problems)
+
+
+def test_override_can_repair_an_invalid_spec():
+    raw = changed(minimal_raw(), {"train.max_steps": "many"})
+    assert load_spec(raw, ["train.max_steps=5"]).train.max_steps == 5
+
+
+@pytest.mark.parametrize("override", ["train.lr", "=0.1", ""])
+def test_malformed_override_is_a_spec_error(override):
+    with pytest.raises(SpecError, match=r"expected key\.path=value"):
+        load_spec(minimal_raw(), [override])
+
+
+def test_override_below_a_value_is_a_spec_error():
+    with pytest.raises(SpecError, match="'name' is not a section"):
+        apply_overrides(minimal_raw(), ["name.first=x"])
+
+
+def test_load_spec_leaves_the_callers_dict_alone():
+    raw = minimal_raw()
+    load_spec(raw, ["train.lr=0.5"])
+    assert raw == minimal_raw()
+
+
+def test_overrides_apply_to_files(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", minimal_raw())
+    assert load_spec(path, ["train.seed=7"]).train.seed == 7
+
+
+def test_non_mapping_spec_file_with_overrides_is_a_spec_error(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(SpecError):
+        load_spec(path, ["train.lr=0.1"])
+
+
+# --------------------------------------------------------------------------- hash / run id
+
+
+def reversed_keys(node):
+    if isinstance(node, dict):
+        return {k: reversed_keys(node[k]) for k in reversed(list(node))}
+    return node
+
+
+def test_hash_ignores_key_order():
+    raw = changed(minimal_raw(), {"data.sources.b": {"format": "csv", "path": "b.csv"}})
+    assert load_spec(raw).hash() == load_spec(reversed_keys(raw)).hash()
+
+
+def test_hash_is_the_same_with_defaults_written_out():
+    spec = load_spec(minimal_raw())
+    explicit = spec.model_dump(mode="json")
+    assert explicit["train"]["lr"] == 2e-5  # the defaults really are spelled out
+    assert load_spec(explicit).hash() == spec.hash()
+    partly = changed(minimal_raw(), {"train.batch_size": 32, "loss.temperature": 0.05})
+    assert load_spec(partly).run_id == spec.run_id
+
+
+def test_hash_is_stable_across_loads_and_files(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", minimal_raw())
+    assert load_spec(path).hash() == load_spec(minimal_raw()).hash()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.lr=0.001", "loss.temperature=0.1", "data.sources.a.weight=2", "model.base=other"],
+)
+def test_hash_changes_with_a_value(override):
+    assert load_spec(minimal_raw(), [override]).hash() != load_spec(minimal_raw()).hash()
+
+
+def test_run_id_is_a_hash_prefix():
+    spec = load_spec(minimal_raw())
+    assert len(spec.run_id) == 12 and spec.hash().startswith(spec.run_id)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def test_preflight_accepts_real_files(tiny_spec):
+    assert preflight(load_spec(tiny_spec)) == []
+
+
+def test_missing_corpus_points_at_its_path_and_prepare(tiny_spec, tmp_path):
+    raw = changed(tiny_spec, {"data.sources.colors.path": str(tmp_path / "gone.jsonl")})
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(raw))
+    (problem,) = info.value.problems
+    assert problem.startswith("data.sources.colors.path:")
+    assert "prepare" in problem
+
+
+def test_missing_eval_file_is_reported(tiny_spec, tmp_path):
+    raw = changed(tiny_spec, {"data.eval.qrels": str(tmp_path / "gone.tsv")})
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(raw))
+    assert [p.split(":")[0] for p in info.value.problems] == ["data.eval.qrels"]
+
+
+def test_matryoshka_wider_than_the_model_fails(tiny_spec):
+    # The tiny model is 32-d.
+    raw = changed(tiny_spec, {"loss.matryoshka_dims": [64, 16]})
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(raw))
+    assert any(p.startswith("loss.matryoshka_dims:") and "32" in p for p in info.value.problems)
+
+
+def test_matryoshka_within_the_model_passes(tiny_spec):
+    preflight(load_spec(changed(tiny_spec, {"loss.matryoshka_dims": [32, 16]})))
+
+
+def test_unknown_model_name_fails(tiny_spec):
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(changed(tiny_spec, {"model.base": "no-such-model"})))
+    assert any(p.startswith("model.base:") for p in info.value.problems)
+
+
+def test_relative_glob_that_matches_passes(tiny_spec, corpora, monkeypatch):
+    monkeypatch.chdir(corpora["root"])
+    preflight(load_spec(changed(tiny_spec, {"data.sources.colors.path": "col*.jsonl"})))
+
+
+def test_absolute_glob_that_matches_passes(tiny_spec, corpora):
+    pattern = str(corpora["root"] / "col*.jsonl")
+    preflight(load_spec(changed(tiny_spec, {"data.sources.colors.path": pattern})))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_validate_accepts_a_valid_spec(tiny_spec, tmp_path, capsys):
+    path = write_spec(tmp_path / "ok.yaml", tiny_spec)
+    assert main(["validate", str(path)]) == 0
+    assert "valid (run id" in capsys.readouterr().out
+
+
+def test_cli_validate_prints_the_field_path_of_a_bad_spec(tiny_spec, tmp_path, capsys):
+    path = write_spec(tmp_path / "bad.yaml", changed(tiny_spec, {"train.lrr": 1}))
+    assert main(["validate", str(path)]) == 2
+    assert "train.lrr" in capsys.readouterr().err
+
+
+def test_cli_validate_applies_overrides(tiny_spec, tmp_path, capsys):
+    path = write_spec(tmp_path / "ok.yaml", tiny_spec)
+    assert main(["validate", str(path), "train.batch_size=7"]) == 2  # 7 over 2 workers
+    assert "train.batch_size" in capsys.readouterr().err
+
+
+def test_cli_validate_no_files_skips_file_checks(tiny_spec, tmp_path, capsys):
+    raw = changed(tiny_spec, {"data.sources.colors.path": str(tmp_path / "gone.jsonl")})
+    path = write_spec(tmp_path / "s.yaml", raw)
+    assert main(["validate", str(path)]) == 2
+    assert "data.sources.colors.path" in capsys.readouterr().err
+    assert main(["validate", "--no-files", str(path)]) == 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"train.lrr": 1}, id="invalid-spec"),
+        pytest.param({"data.sources.colors.path": "/no/such/file.jsonl"}, id="missing-file"),
+    ],
+)
+def test_run_fails_before_starting_ray(tiny_spec, changes):
+    import ray
+
+    assert not ray.is_initialized()
+    with pytest.raises(SpecError):
+        orchestrator.run(changed(tiny_spec, changes))
+    assert not ray.is_initialized()

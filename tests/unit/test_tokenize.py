@@ -1,0 +1,131 @@
+"""Tokenization into ``<col>__ids`` columns and dynamic padding in the worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from orchestrator.data.tokenize import collate, load_tokenizer, text_columns, tokenize_batch
+
+# Prompts of different token lengths (1 and 2 words), so they can be told apart by length too.
+PROMPTS = {"anchor": "red ", "*": "blue and "}
+MAX_LENGTH = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return load_tokenizer(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def texts() -> pa.Table:
+    return pa.table(
+        {
+            "anchor": ["what color is the car", "what color is the big red house"],
+            "positive": ["the car is red", "the house is white and shiny"],
+            "negative_1": ["the car is green and dull and shiny and dull", "the house is black"],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenized(tiny_model, texts) -> pa.Table:
+    return tokenize_batch(texts, tiny_model, MAX_LENGTH, PROMPTS)
+
+
+def ids_of(table: pa.Table) -> dict[str, np.ndarray]:
+    """The numpy batch the training loop receives: an object array of id arrays per column."""
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+
+def test_adds_int32_id_list_columns(tokenized):
+    assert tokenized.column_names == ["anchor__ids", "positive__ids", "negative_1__ids"]
+    for field in tokenized.schema:
+        assert field.type == pa.list_(pa.int32())
+
+
+@pytest.mark.parametrize(
+    ("column", "prompt"),
+    [("anchor", "red "), ("positive", "blue and "), ("negative_1", "blue and ")],
+)
+def test_prompts_are_prefixed(tokenizer, texts, tokenized, column, prompt):
+    plain = texts.column(column).to_pylist()
+    expected = tokenizer([prompt + t for t in plain])["input_ids"]
+    got = tokenized.column(column + "__ids").to_pylist()
+    assert got == expected
+    prompt_tokens = len(prompt.split())
+    assert [len(ids) for ids in got] == [
+        len(ids) + prompt_tokens for ids in tokenizer(plain)["input_ids"]
+    ]
+
+
+def test_tiny_model_tokenizer_knows_the_corpus_words(tokenizer):
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("the car is red")["input_ids"])
+    assert tokens == ["[CLS]", "the", "car", "is", "red", "[SEP]"]
+
+
+def test_long_texts_are_truncated_to_max_length(tiny_model, tokenizer):
+    table = pa.table({"anchor": ["what " * 40], "positive": ["the car"]})
+    ids = tokenize_batch(table, tiny_model, 8, {}).column("anchor__ids").to_pylist()[0]
+    assert len(ids) == 8
+    assert ids[-1] == tokenizer.sep_token_id
+
+
+def test_without_prompts_texts_are_tokenized_as_is(tiny_model, tokenizer, texts):
+    ids = tokenize_batch(texts, tiny_model, MAX_LENGTH, {}).column("anchor__ids").to_pylist()
+    assert ids == tokenizer(texts.column("anchor").to_pylist())["input_ids"]
+
+
+def test_negative_columns_sort_numerically():
+    names = ["negative_10", "positive", "negative_2", "anchor", "negative_1"]
+    assert text_columns(names) == ["anchor", "positive", "negative_1", "negative_2", "negative_10"]
+
+
+def test_collate_pads_queries_to_their_longest_row(tokenized):
+    rows = ids_of(tokenized)
+    queries, _, _ = collate(rows, pad_id=0)
+    lengths = [len(ids) for ids in rows["anchor__ids"]]
+    assert queries["input_ids"].shape == (2, max(lengths))
+    assert queries["attention_mask"].sum(dim=1).tolist() == lengths
+    for row, ids in enumerate(rows["anchor__ids"]):
+        assert queries["input_ids"][row, : len(ids)].tolist() == ids.tolist()
+        assert (queries["input_ids"][row, len(ids) :] == 0).all()
+
+
+def test_collate_stacks_positives_then_negatives(tokenized):
+    rows = ids_of(tokenized)
+    _, passages, n_docs = collate(rows, pad_id=0)
+    expected = [*rows["positive__ids"], *rows["negative_1__ids"]]
+    lengths = [len(ids) for ids in expected]
+    assert n_docs == 2
+    # Passages are padded together, to the longest positive or negative, not to max_length.
+    assert passages["input_ids"].shape == (4, max(lengths))
+    assert max(lengths) < MAX_LENGTH
+    assert passages["attention_mask"].sum(dim=1).tolist() == lengths
+    for row, ids in enumerate(expected):
+        assert passages["input_ids"][row, : len(ids)].tolist() == ids.tolist()
+
+
+def test_collate_uses_the_pad_id(tokenized):
+    queries, _, _ = collate(ids_of(tokenized), pad_id=7)
+    assert (queries["input_ids"][queries["attention_mask"] == 0] == 7).all()
+
+
+def test_collate_orders_negative_10_after_negative_2():
+    def column(value: int, length: int) -> np.ndarray:
+        out = np.empty(2, dtype=object)
+        out[:] = [np.full(length, value, dtype=np.int32) for _ in range(2)]
+        return out
+
+    rows = {
+        "negative_10__ids": column(10, 2),
+        "anchor__ids": column(1, 3),
+        "negative_2__ids": column(2, 4),
+        "positive__ids": column(5, 5),
+    }
+    _, passages, n_docs = collate(rows, pad_id=0)
+    assert n_docs == 3
+    firsts = passages["input_ids"][:, 0].tolist()
+    assert firsts == [5, 5, 2, 2, 10, 10]
+    assert passages["attention_mask"].sum(dim=1).tolist() == [5, 5, 4, 4, 2, 2]
