@@ -20,6 +20,9 @@ QUERY, PASSAGE = "query", "passage"
 
 def load_encoder(model_path: str, spec: ModelSpec, device: str | torch.device = "cpu"):
     """Load the base encoder with the spec's sequence length, pooling, dropout and prompts."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per task floods Ray's log
     model = SentenceTransformer(
         model_path,
         device=str(device),
