@@ -26,7 +26,7 @@ from orchestrator.data.tokenize import tokenize_batch
 from orchestrator.losses import negatives_per_query
 from orchestrator.preflight import preflight
 from orchestrator.spec import ExperimentSpec, load_spec
-from orchestrator.train_loop import train_loop_per_worker
+from orchestrator.train_loop import META_FILE, train_loop_per_worker
 
 log = logging.getLogger("orchestrator")
 
@@ -107,6 +107,7 @@ def _ensure_ray() -> None:
     if not ray.is_initialized():
         ray.init(log_to_driver=True, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset: too chatty
 
 
 def run(
@@ -146,6 +147,7 @@ def run(
     log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
 
     t0 = time.time()
+    resumed_from = checkpoint_step(resume_from) if resume_from else latest_step(run_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -195,13 +197,11 @@ def run(
         "base_model": spec.model.base,
         "model_dir": str(model_dir),
         "steps": metrics.get("step", steps),
-        "resumed_from_step": metrics.get("resumed_from_step", 0),
+        "resumed_from_step": resumed_from,
         "pairs_seen": metrics.get("pairs_seen"),
         "source_steps": metrics.get("source_steps"),
-        "negatives_per_query": metrics.get(
-            "negatives_per_query",
-            negatives_per_query(spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, 0),
-        ),
+        "negatives_per_query": metrics.get("negatives_per_query")
+        or negatives_per_query(spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, 0),
         "trainable_params": metrics.get("trainable_params"),
         "total_params": metrics.get("total_params"),
         "final_loss": metrics.get("loss"),
@@ -225,6 +225,17 @@ def run(
 
     write_model_card(model_dir, spec, summary)
     return RunResult(spec.run_id, run_dir, model_dir, summary)
+
+
+def checkpoint_step(checkpoint_dir: str | Path) -> int:
+    return json.loads((Path(checkpoint_dir) / META_FILE).read_text())["step"]
+
+
+def latest_step(run_dir: Path) -> int:
+    """Step of the newest checkpoint already in a run folder (Ray Train resumes from it), or 0."""
+    return max(
+        (checkpoint_step(m.parent) for m in run_dir.glob(f"checkpoint_*/{META_FILE}")), default=0
+    )
 
 
 def verdict(baseline: dict[str, float], finetuned: dict[str, float], main: str) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class ModelSpec(_Section):
         ge=0.0,
         lt=1.0,
         description="Override the attention-probability dropout (None keeps the model's). "
-        "0 lets PyTorch use fused attention kernels while training: about 2x faster steps "
+        "0 lets PyTorch use its fused attention kernel while training: 1.5x faster steps "
         "on CPU (bench/), at the cost of that regularizer.",
     )
     query_prompt: str = Field(default="", description="Prefix for anchors/queries, e.g. 'query: '.")

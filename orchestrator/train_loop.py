@@ -160,7 +160,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         0.0,
     )
     hard = 0
-
     encoder.train()
     while step < total_steps:
         fetch_start = time.perf_counter()
@@ -237,6 +236,7 @@ def _report(metrics, save, model, optimizer, scheduler, mixed) -> None:
         meta = {
             "step": metrics["step"],
             "pairs_seen": metrics["pairs_seen"],
+            "negatives_per_query": metrics["negatives_per_query"],
             "positions": mixed.positions(),
             "source_steps": metrics["source_steps"],
         }

@@ -107,3 +107,17 @@ def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, 
     text = ["the boat is green and shiny"]
     assert model.encode(text).shape == (1, 32)
     assert abs(model.encode(text) - base.encode(text)).max() > 1e-4, "LoRA changed the weights"
+
+
+def test_rerunning_a_finished_spec_reuses_its_checkpoint(first_run):
+    """Same spec, same folder: Ray Train restores the last checkpoint; no step is repeated."""
+    from orchestrator import run
+
+    spec, result = first_run
+    again = run(spec)
+    assert again.run_dir == result.run_dir
+    assert again.summary["resumed_from_step"] == 4
+    assert again.summary["steps"] == 4
+    assert again.summary["pairs_seen"] == 4 * 8
+    assert again.summary["negatives_per_query"] == 7
+    assert again.summary["finetuned"] == result.summary["finetuned"]
