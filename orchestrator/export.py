@@ -9,15 +9,18 @@ from typing import Any
 from orchestrator.spec import ExperimentSpec
 
 
-def export_model(spec: ExperimentSpec, base_path: str, checkpoint_dir: str, out_dir: str) -> str:
-    """Rebuild the model from the base and a checkpoint, merge LoRA, save a loadable folder."""
+def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir: str) -> str:
+    """Rebuild the model from the base and a checkpoint, merge LoRA, save a loadable folder.
+
+    ``checkpoint`` is a ``ray.train.Checkpoint`` (local or in object storage) or a local folder.
+    """
     from orchestrator.modeling import attach_lora, load_encoder, load_trainable_state, merge_lora
     from orchestrator.train_loop import load_state
 
     model = load_encoder(base_path, spec.model, "cpu")
     if spec.lora:
         attach_lora(model, spec.lora)
-    state, _ = load_state(checkpoint_dir)
+    state, _ = load_state(checkpoint)
     load_trainable_state(model, state["model"])
     out = Path(out_dir)
     if spec.lora and not spec.lora.merge:

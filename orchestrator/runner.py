@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 import ray.data
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from orchestrator.assets import resolve_model
@@ -26,6 +26,7 @@ from orchestrator.data.tokenize import tokenize_batch
 from orchestrator.losses import negatives_per_query
 from orchestrator.preflight import preflight
 from orchestrator.spec import ExperimentSpec, load_spec
+from orchestrator.storage import Location, arrow_storage, list_keys, read_text, write_text
 from orchestrator.train_loop import META_FILE, train_loop_per_worker
 
 log = logging.getLogger("orchestrator")
@@ -36,9 +37,19 @@ class RunResult:
     """What a finished run produced; ``summary`` is exactly what ``summary.json`` holds."""
 
     run_id: str
-    run_dir: Path
-    model_dir: Path
+    run_uri: str
+    model_uri: str
     summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder, for runs stored locally."""
+        return Location(self.run_uri).path
+
+    @property
+    def model_dir(self) -> Path:
+        """The exported model folder, for runs stored locally (else: ``orchestrator pull``)."""
+        return Location(self.model_uri).path
 
     @property
     def baseline(self) -> dict[str, float]:
@@ -53,8 +64,8 @@ class RunResult:
         return self.summary["verdict"]["improved"]
 
 
-def run_dir_for(spec: ExperimentSpec) -> Path:
-    return Path(spec.storage.root).resolve() / spec.name / spec.run_id
+def run_location(spec: ExperimentSpec) -> Location:
+    return Location.of(spec.storage).join(spec.name, spec.run_id)
 
 
 def total_steps(spec: ExperimentSpec, rows: dict[str, int]) -> int:
@@ -78,8 +89,7 @@ def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -
     )
 
 
-@ray.remote
-def _evaluate_task(spec_json: dict, model_path: str) -> dict[str, float]:
+def _evaluate_here(spec_json: dict, model_path: str) -> dict[str, float]:
     import torch
 
     from orchestrator.evaluation import evaluate
@@ -91,12 +101,33 @@ def _evaluate_task(spec_json: dict, model_path: str) -> dict[str, float]:
     return evaluate(load_encoder(model_path, spec.model, device), spec)
 
 
+_evaluate_task = ray.remote(_evaluate_here)
+
+
 @ray.remote
-def _export_task(spec_json: dict, model_path: str, checkpoint_dir: str, out_dir: str) -> str:
-    from orchestrator.export import export_model
+def _export_task(
+    spec_json: dict, model_path: str, checkpoint: Checkpoint, target: Location, summary: dict
+) -> dict[str, float]:
+    """Export, evaluate the exported folder, write the card, publish with a manifest last.
+
+    One task, so the folder that is evaluated is the one that is published, on one node.
+    """
+    import tempfile
+
+    from orchestrator.export import export_model, write_model_card
+    from orchestrator.storage import publish
 
     spec = ExperimentSpec.model_validate(spec_json)
-    return export_model(spec, model_path, checkpoint_dir, out_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "model" if target.is_remote else target.path
+        export_model(spec, model_path, checkpoint, str(out))
+        finetuned = _evaluate_here(spec_json, str(out))
+        summary = {**summary, "finetuned": finetuned}
+        summary["verdict"] = verdict(summary["baseline"], finetuned, spec.eval.main_metric)
+        write_model_card(out, spec, summary)
+        metrics = {k: summary[k] for k in ("baseline", "finetuned")}
+        publish(out, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
+    return finetuned
 
 
 def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
@@ -117,16 +148,16 @@ def run(
 ) -> RunResult:
     """Run one experiment end to end and return its summary (also written to the run folder).
 
-    ``resume_from`` names a checkpoint folder to continue from (its step, optimizer and mixture
-    positions); a run whose own folder already holds checkpoints resumes from them anyway.
+    ``resume_from`` names a checkpoint (folder or ``s3://`` URI) to continue from: its step,
+    optimizer and mixture positions. A run whose own folder already holds checkpoints resumes
+    from the latest of them anyway.
     """
     spec = load_spec(spec, overrides)
     preflight(spec)
     started = time.time()
     model_path = resolve_model(spec.model.base)
-    run_dir = run_dir_for(spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(spec.to_yaml())
+    location = run_location(spec)
+    write_text(location.join("spec.yaml"), spec.to_yaml())
     spec_json = spec.model_dump(mode="json")
     _ensure_ray()
 
@@ -147,47 +178,12 @@ def run(
     log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
 
     t0 = time.time()
-    resumed_from = checkpoint_step(resume_from) if resume_from else latest_step(run_dir)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "spec": spec_json,
-            "model_path": model_path,
-            "total_steps": steps,
-            "resume_from": resume_from,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=spec.scaling.num_workers,
-            use_gpu=spec.scaling.use_gpu,
-            resources_per_worker={
-                "CPU": spec.scaling.cpus_per_worker,
-                **({"GPU": spec.scaling.gpus_per_worker} if spec.scaling.use_gpu else {}),
-            },
-        ),
-        run_config=RunConfig(
-            name=spec.run_id,
-            storage_path=str(run_dir.parent),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=0),
-        ),
-        datasets=datasets,
-    )
-    result = trainer.fit()
+    start = Location(resume_from, location.endpoint_url, location.region) if resume_from else None
+    resumed_from = checkpoint_step(start) if start else latest_step(location)
+    result = _trainer(spec, model_path, steps, datasets, start).fit()
     train_s = time.time() - t0
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint in {run_dir}")
-
-    t0 = time.time()
-    model_dir = run_dir / "model"
-    ray.get(
-        _export_task.options(**_remote_options(spec)).remote(
-            spec_json, model_path, result.checkpoint.path, str(model_dir)
-        )
-    )
-    finetuned = ray.get(
-        _evaluate_task.options(**_remote_options(spec)).remote(spec_json, str(model_dir))
-    )
-    final_s = time.time() - t0
+        raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
 
     metrics = result.metrics or {}
     summary = {
@@ -195,7 +191,7 @@ def run(
         "name": spec.name,
         "spec_hash": spec.hash(),
         "base_model": spec.model.base,
-        "model_dir": str(model_dir),
+        "model_uri": location.join("model").uri,
         "steps": metrics.get("step", steps),
         "resumed_from_step": resumed_from,
         "pairs_seen": metrics.get("pairs_seen"),
@@ -209,33 +205,78 @@ def run(
             r.name: {"rows": r.rows, "bad_rows": r.bad_rows, "examples": r.lines()} for r in reports
         },
         "baseline": baseline,
-        "finetuned": finetuned,
-        "verdict": verdict(baseline, finetuned, spec.eval.main_metric),
-        "timings_s": {
-            "data": round(data_s, 2),
-            "baseline_eval": round(baseline_s, 2),
-            "train": round(train_s, 2),
-            "export_and_eval": round(final_s, 2),
-            "total": round(time.time() - started, 2),
-        },
-        "checkpoint": result.checkpoint.path,
+        "checkpoint": _uri_of(result.checkpoint, location),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    from orchestrator.export import write_model_card
 
-    write_model_card(model_dir, spec, summary)
-    return RunResult(spec.run_id, run_dir, model_dir, summary)
-
-
-def checkpoint_step(checkpoint_dir: str | Path) -> int:
-    return json.loads((Path(checkpoint_dir) / META_FILE).read_text())["step"]
-
-
-def latest_step(run_dir: Path) -> int:
-    """Step of the newest checkpoint already in a run folder (Ray Train resumes from it), or 0."""
-    return max(
-        (checkpoint_step(m.parent) for m in run_dir.glob(f"checkpoint_*/{META_FILE}")), default=0
+    t0 = time.time()
+    task = _export_task.options(**_remote_options(spec))
+    summary["finetuned"] = ray.get(
+        task.remote(spec_json, model_path, result.checkpoint, location.join("model"), summary)
     )
+    summary["verdict"] = verdict(baseline, summary["finetuned"], spec.eval.main_metric)
+    summary["timings_s"] = {
+        "data": round(data_s, 2),
+        "baseline_eval": round(baseline_s, 2),
+        "train": round(train_s, 2),
+        "export_and_eval": round(time.time() - t0, 2),
+        "total": round(time.time() - started, 2),
+    }
+    write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+    return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
+
+
+def _trainer(
+    spec: ExperimentSpec,
+    model_path: str,
+    steps: int,
+    datasets: dict[str, ray.data.Dataset],
+    start: Location | None,
+) -> TorchTrainer:
+    storage_path, filesystem = arrow_storage(Location.of(spec.storage).join(spec.name))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "model_path": model_path,
+            "total_steps": steps,
+            "resume_from": _checkpoint_at(start) if start else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker={
+                "CPU": spec.scaling.cpus_per_worker,
+                **({"GPU": spec.scaling.gpus_per_worker} if spec.scaling.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=spec.run_id,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+        datasets=datasets,
+    )
+
+
+def _checkpoint_at(location: Location) -> Checkpoint:
+    path, filesystem = arrow_storage(location)
+    return Checkpoint(path=path, filesystem=filesystem)
+
+
+def _uri_of(checkpoint: Checkpoint, location: Location) -> str:
+    return f"s3://{checkpoint.path}" if location.is_remote else checkpoint.path
+
+
+def checkpoint_step(checkpoint: Location) -> int:
+    return json.loads(read_text(checkpoint.join(META_FILE)))["step"]
+
+
+def latest_step(run: Location) -> int:
+    """Step of the newest checkpoint already in a run folder (Ray Train resumes from it), or 0."""
+    metas = [k for k in list_keys(run) if k.startswith("checkpoint_") and k.endswith(META_FILE)]
+    return max((checkpoint_step(run.join(k.rsplit("/", 1)[0])) for k in metas), default=0)
 
 
 def verdict(baseline: dict[str, float], finetuned: dict[str, float], main: str) -> dict[str, Any]:

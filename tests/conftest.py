@@ -151,5 +151,5 @@ def tiny_spec_dict(tiny_model: str, corpora: dict[str, Path], tmp_path: Path) ->
         },
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "cpus_per_data_task": 0.25},
         "eval": {"batch_size": 16},
-        "storage": {"root": str(tmp_path / "runs")},
+        "storage": {"uri": str(tmp_path / "runs")},
     }

@@ -68,7 +68,7 @@ def test_resume_continues_at_the_checkpoint_step(first_run, tmp_path):
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
     assert meta["step"] == 4
     resumed = dict(spec, train={**spec["train"], "max_steps": 6})
-    resumed["storage"] = {"root": str(tmp_path / "runs")}
+    resumed["storage"] = {"uri": str(tmp_path / "runs")}
     second = run(resumed, resume_from=checkpoint)
     assert second.summary["resumed_from_step"] == 4
     assert second.summary["steps"] == 6

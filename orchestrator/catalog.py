@@ -1,0 +1,82 @@
+"""What runs a storage root holds: ``orchestrator runs list ROOT`` / ``runs show RUN``.
+
+A run is ``<root>/<name>/<run id>/``. Its status comes from what is there, trusting only
+manifests: ``complete`` (model published with a manifest), ``incomplete upload`` (model files
+but no manifest), ``checkpointed`` (training checkpoints only: running, failed or interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from orchestrator.storage import MANIFEST, Location, list_keys, read_text
+
+COMPLETE, INCOMPLETE, CHECKPOINTED, EMPTY = "complete", "incomplete upload", "checkpointed", "empty"
+
+
+def status_of(keys: set[str]) -> str:
+    if f"model/{MANIFEST}" in keys:
+        return COMPLETE
+    if any(k.startswith("model/") for k in keys):
+        return INCOMPLETE
+    if any(k.startswith("checkpoint_") for k in keys):
+        return CHECKPOINTED
+    return EMPTY
+
+
+def describe(run: Location, keys: set[str]) -> dict[str, Any]:
+    name, run_id = run.uri.rstrip("/").split("/")[-2:]
+    row: dict[str, Any] = {
+        "name": name,
+        "run_id": run_id,
+        "uri": run.uri,
+        "status": status_of(keys),
+    }
+    if "summary.json" in keys:
+        summary = json.loads(read_text(run.join("summary.json")))
+        verdict = summary.get("verdict", {})
+        row.update(
+            spec_hash=summary.get("spec_hash"),
+            steps=summary.get("steps"),
+            metric=verdict.get("metric"),
+            baseline=verdict.get("baseline"),
+            finetuned=verdict.get("finetuned"),
+            improved=verdict.get("improved"),
+        )
+    return row
+
+
+def list_runs(root: Location) -> list[dict[str, Any]]:
+    by_run: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for key in list_keys(root):
+        parts = key.split("/", 2)
+        if len(parts) == 3:
+            by_run[(parts[0], parts[1])].add(parts[2])
+    return [
+        describe(root.join(name, run_id), keys) for (name, run_id), keys in sorted(by_run.items())
+    ]
+
+
+def show_run(run: Location) -> dict[str, Any]:
+    keys = set(list_keys(run))
+    row = describe(run, keys)
+    if "summary.json" in keys:
+        row["summary"] = json.loads(read_text(run.join("summary.json")))
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| name | run id | status | steps | metric | base | fine-tuned |",
+        "|---|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        base = f"{r['baseline']:.4f}" if r.get("baseline") is not None else ""
+        tuned = f"{r['finetuned']:.4f}" if r.get("finetuned") is not None else ""
+        lines.append(
+            f"| {r['name']} | {r['run_id']} | {r['status']} | {r.get('steps') or ''} | "
+            f"{r.get('metric') or ''} | {base} | {tuned} |"
+        )
+    return "\n".join(lines)

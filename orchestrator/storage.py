@@ -1,0 +1,225 @@
+"""Where runs live: a local folder or an S3-compatible bucket, behind one small interface.
+
+Ray Train writes checkpoints through a pyarrow filesystem (:func:`arrow_storage`); finished
+artifacts are uploaded with boto3 (:func:`publish`). A published folder is trusted only
+through its ``manifest.json`` (file list, sizes, sha256, spec hash, metrics), written **last**
+after every file was uploaded and verified: a folder without one is an incomplete upload.
+
+Credentials never pass through this module or the spec: boto3 and pyarrow find them in the
+environment, ``~/.aws`` (``AWS_PROFILE``) or the instance role, on every node by themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from orchestrator.errors import IncompleteUploadError
+
+MANIFEST = "manifest.json"
+SHA_KEY = "sha256"  # object metadata key holding each upload's checksum
+CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local path or ``s3://bucket/key`` plus how to reach the bucket (no credentials)."""
+
+    uri: str
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def of(cls, storage: Any) -> Location:
+        """From a spec's ``storage`` section."""
+        uri = storage.uri if storage.uri.startswith("s3://") else str(Path(storage.uri).resolve())
+        return cls(uri, storage.endpoint_url, storage.region)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def bucket(self) -> str:
+        return urlparse(self.uri).netloc
+
+    @property
+    def key(self) -> str:
+        return urlparse(self.uri).path.lstrip("/")
+
+    def join(self, *parts: str) -> Location:
+        uri = "/".join([self.uri.rstrip("/"), *parts])
+        return Location(uri, self.endpoint_url, self.region)
+
+    @property
+    def path(self) -> Path:
+        if self.is_remote:
+            raise ValueError(f"{self.uri} is not a local path")
+        return Path(self.uri)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def s3_client(location: Location):
+    """boto3 S3 client: standard retry mode (backoff on resets, 5xx, SlowDown), and checksums
+    only where an operation requires them, so stores that reject the newest checksum headers
+    (older MinIO, R2, many test servers) keep working; we verify sha256 ourselves."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 8},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if location.endpoint_url else None,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        region_name=location.region,
+        config=config,
+    )
+
+
+def arrow_storage(location: Location) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``."""
+    if not location.is_remote:
+        return str(location.path), None
+    from pyarrow import fs
+
+    options: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=8)}
+    endpoint = location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    if location.region:
+        options["region"] = location.region
+    return f"{location.bucket}/{location.key}".rstrip("/"), fs.S3FileSystem(**options)
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_manifest(folder: Path, **extra: Any) -> dict[str, Any]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = [
+        {"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, SHA_KEY: sha256_of(p)}
+        for p in files
+    ]
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": entries,
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------- publish / pull
+
+
+def publish(folder: Path, target: Location, **manifest_extra: Any) -> dict[str, Any]:
+    """Copy a finished folder to ``target``: every file, verified, then the manifest last."""
+    manifest = build_manifest(folder, **manifest_extra)
+    if not target.is_remote:
+        if target.path.resolve() != folder.resolve():
+            shutil.copytree(folder, target.path, dirs_exist_ok=True)
+    else:
+        client = s3_client(target)
+        for entry in manifest["files"]:
+            key = f"{target.key}/{entry['path']}"
+            client.upload_file(
+                str(folder / entry["path"]),
+                target.bucket,
+                key,
+                ExtraArgs={"Metadata": {SHA_KEY: entry[SHA_KEY]}},
+            )
+            head = client.head_object(Bucket=target.bucket, Key=key)
+            stored = head.get("Metadata", {}).get(SHA_KEY)
+            if head["ContentLength"] != entry["size"] or stored != entry[SHA_KEY]:
+                raise IncompleteUploadError(f"{target.uri}/{entry['path']}: upload did not verify")
+    write_text(target.join(MANIFEST), json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(source: Location) -> dict[str, Any]:
+    try:
+        return json.loads(read_text(source.join(MANIFEST)))
+    except FileNotFoundError:
+        raise IncompleteUploadError(
+            f"{source.uri} has no {MANIFEST}: an incomplete or interrupted upload"
+        ) from None
+
+
+def pull(source: Location, destination: Path) -> dict[str, Any]:
+    """Fetch exactly what the manifest lists and verify every checksum; return the manifest."""
+    manifest = read_manifest(source)
+    destination.mkdir(parents=True, exist_ok=True)
+    client = s3_client(source) if source.is_remote else None
+    for entry in manifest["files"]:
+        local = destination / entry["path"]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if client is not None:
+            client.download_file(source.bucket, f"{source.key}/{entry['path']}", str(local))
+        else:
+            shutil.copyfile(source.path / entry["path"], local)
+        if local.stat().st_size != entry["size"] or sha256_of(local) != entry[SHA_KEY]:
+            raise IncompleteUploadError(f"{source.uri}/{entry['path']}: checksum mismatch")
+    (destination / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+# --------------------------------------------------------------------------- small objects
+
+
+def write_text(target: Location, text: str) -> None:
+    if target.is_remote:
+        s3_client(target).put_object(Bucket=target.bucket, Key=target.key, Body=text.encode())
+    else:
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+        target.path.write_text(text)
+
+
+def read_text(source: Location) -> str:
+    """Raises FileNotFoundError for a missing object or file."""
+    if not source.is_remote:
+        return source.path.read_text()
+    from botocore.exceptions import ClientError
+
+    try:
+        body = s3_client(source).get_object(Bucket=source.bucket, Key=source.key)["Body"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(source.uri) from None
+        raise
+    return body.read().decode()
+
+
+def list_keys(root: Location) -> Iterator[str]:
+    """Relative paths of every file below ``root``."""
+    if not root.is_remote:
+        if root.path.is_dir():
+            for p in sorted(root.path.rglob("*")):
+                if p.is_file():
+                    yield p.relative_to(root.path).as_posix()
+        return
+    prefix = root.key.rstrip("/") + "/" if root.key else ""
+    paginator = s3_client(root).get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=root.bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            yield item["Key"][len(prefix) :]
