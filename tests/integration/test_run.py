@@ -11,15 +11,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def first_run(ray_cluster, tiny_model, corpora, tmp_path_factory):
     from orchestrator import run
     from tests.conftest import tiny_spec_dict

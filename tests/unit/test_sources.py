@@ -62,14 +62,8 @@ def test_problem_with_names_a_column_without_its_role_when_canonical():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    import ray
-    import ray.data
-
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
+def _ray(ray_cluster):
+    """Every test here reads through a real local Ray (the session's instance)."""
 
 
 def source(path: Path | str, fmt: str = "jsonl", **fields):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-import orchestrator
 from orchestrator.__main__ import main
 from orchestrator.preflight import preflight
 from orchestrator.spec import SpecError, apply_overrides, load_spec, parse_spec
@@ -336,10 +338,18 @@ def test_cli_validate_no_files_skips_file_checks(tiny_spec, tmp_path, capsys):
         pytest.param({"data.sources.colors.path": "/no/such/file.jsonl"}, id="missing-file"),
     ],
 )
-def test_run_fails_before_starting_ray(tiny_spec, changes):
-    import ray
-
-    assert not ray.is_initialized()
-    with pytest.raises(SpecError):
-        orchestrator.run(changed(tiny_spec, changes))
-    assert not ray.is_initialized()
+def test_run_fails_before_starting_ray(tiny_spec, changes, tmp_path):
+    """In a fresh interpreter (this session may already run Ray): no Ray instance is started."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(changed(tiny_spec, changes)))
+    script = (
+        "import sys, ray, orchestrator\n"
+        "try:\n"
+        f"    orchestrator.run({str(spec)!r})\n"
+        "except orchestrator.SpecError as exc:\n"
+        "    print(exc.problems)\n"
+        "sys.exit(3 if ray.is_initialized() else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert next(iter(changes)).rsplit(".", 1)[0] in done.stdout

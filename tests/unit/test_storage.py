@@ -1,0 +1,142 @@
+"""Publishing, pulling and listing runs, locally and on a real S3-protocol server (moto)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from orchestrator.__main__ import main
+from orchestrator.catalog import list_runs, show_run
+from orchestrator.errors import IncompleteUploadError
+from orchestrator.spec import SpecError, load_spec
+from orchestrator.storage import MANIFEST, Location, arrow_storage, publish, pull, write_text
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    model = tmp_path / "model"
+    (model / "1_Pooling").mkdir(parents=True)
+    (model / "config.json").write_text('{"hidden_size": 32}')
+    (model / "model.safetensors").write_bytes(bytes(range(256)) * 4096)
+    (model / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    return model
+
+
+def remote(bucket: str, endpoint: str, key: str) -> Location:
+    return Location(f"s3://{bucket}/{key}", endpoint_url=endpoint)
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != MANIFEST
+    ) and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_publish_to_s3_writes_every_file_then_a_manifest(folder, bucket, s3_endpoint, tmp_path):
+    target = remote(bucket, s3_endpoint, "runs/x/abc/model")
+    manifest = publish(folder, target, spec_hash="h", metrics={"finetuned": {"ndcg@10": 0.5}})
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {
+        "runs/x/abc/model/config.json",
+        "runs/x/abc/model/model.safetensors",
+        "runs/x/abc/model/1_Pooling/config.json",
+        "runs/x/abc/model/manifest.json",
+    }
+    stored = json.loads(
+        s3.get_object(Bucket=bucket, Key="runs/x/abc/model/manifest.json")["Body"].read()
+    )
+    assert stored == manifest and stored["spec_hash"] == "h"
+    assert {f["path"]: f["size"] for f in stored["files"]}["model.safetensors"] == 256 * 4096
+
+    pulled = tmp_path / "pulled"
+    pull(target, pulled)
+    assert same_tree(folder, pulled)
+
+
+def test_pull_refuses_a_folder_without_manifest(folder, bucket, s3_endpoint, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.upload_file(str(folder / "config.json"), bucket, "half/config.json")
+    with pytest.raises(IncompleteUploadError, match=r"no manifest\.json"):
+        pull(remote(bucket, s3_endpoint, "half"), tmp_path / "out")
+
+
+def test_pull_detects_an_object_changed_after_publishing(folder, bucket, s3_endpoint, tmp_path):
+    target = remote(bucket, s3_endpoint, "m")
+    publish(folder, target)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.put_object(Bucket=bucket, Key="m/config.json", Body=b'{"hidden_size": 64}')
+    with pytest.raises(IncompleteUploadError, match=r"config\.json: checksum mismatch"):
+        pull(target, tmp_path / "out")
+
+
+def test_local_publish_and_pull_verify_the_same_way(folder, tmp_path):
+    target = Location(str(tmp_path / "published"))
+    publish(folder, target)
+    assert (tmp_path / "published" / MANIFEST).is_file()
+    pull(target, tmp_path / "copy")
+    assert same_tree(folder, tmp_path / "copy")
+    (tmp_path / "published" / "config.json").write_text("{}")
+    with pytest.raises(IncompleteUploadError):
+        pull(target, tmp_path / "copy2")
+
+
+def test_cli_pull_exits_2_for_an_incomplete_upload(bucket, s3_endpoint, tmp_path, capsys):
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="p/a", Body=b"x")
+    uri = f"s3://{bucket}/p"
+    assert main(["pull", uri, str(tmp_path / "o"), "--endpoint-url", s3_endpoint]) == 2
+    assert "incomplete" in capsys.readouterr().err
+
+
+def _fake_run(root: Location, name: str, run_id: str, files: dict[str, str]) -> None:
+    for key, text in files.items():
+        write_text(root.join(name, run_id, key), text)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_runs_list_tells_complete_incomplete_and_checkpointed(where, bucket, s3_endpoint, tmp_path):
+    root = remote(bucket, s3_endpoint, "runs") if where == "s3" else Location(str(tmp_path))
+    summary = {
+        "spec_hash": "f" * 64,
+        "steps": 40,
+        "verdict": {"metric": "ndcg@10", "baseline": 0.8, "finetuned": 0.85, "improved": True},
+    }
+    _fake_run(root, "qs", "aaa", {"summary.json": json.dumps(summary), "model/manifest.json": "{}"})
+    _fake_run(root, "qs", "bbb", {"model/config.json": "{}"})
+    _fake_run(root, "qs", "ccc", {"checkpoint_1/meta.json": '{"step": 10}'})
+
+    rows = {r["run_id"]: r for r in list_runs(root)}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "aaa": "complete",
+        "bbb": "incomplete upload",
+        "ccc": "checkpointed",
+    }
+    assert rows["aaa"]["finetuned"] == 0.85 and rows["aaa"]["steps"] == 40
+    assert show_run(root.join("qs", "aaa"))["summary"]["spec_hash"] == "f" * 64
+
+
+def test_arrow_storage_points_ray_train_at_the_bucket(s3_endpoint):
+    path, filesystem = arrow_storage(Location("s3://b/runs/x", endpoint_url=s3_endpoint))
+    assert path == "b/runs/x"
+    assert type(filesystem).__name__ == "S3FileSystem"
+    assert arrow_storage(Location("/tmp/runs")) == ("/tmp/runs", None)
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ({"uri": "s3://AKIA123:secret@bucket/runs"}, "without credentials"),
+        ({"uri": "s3://bucket/runs?access_key=x"}, "without credentials"),
+        ({"uri": "gs://bucket/runs"}, "gs:// is not supported"),
+        ({"uri": "s3://b", "endpoint_url": "http://user:pw@127.0.0.1:9000"}, "no credentials"),
+    ],
+)
+def test_storage_spec_rejects_credentials_and_unknown_schemes(tiny_spec, storage, message):
+    with pytest.raises(SpecError) as error:
+        load_spec({**tiny_spec, "storage": storage})
+    assert any(p.startswith("storage.") and message in p for p in error.value.problems)
