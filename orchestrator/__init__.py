@@ -29,11 +29,13 @@ def validate(spec, overrides: list[str] | None = None, check_files: bool = True)
     return spec
 
 
-def run(spec, overrides: list[str] | None = None, resume_from: str | None = None):
+def run(
+    spec, overrides: list[str] | None = None, resume_from: str | None = None, fresh: bool = False
+):
     """Run one experiment on Ray (a local instance when none is running); see ``runner.run``."""
     from orchestrator.runner import run as _run
 
-    return _run(spec, overrides, resume_from)
+    return _run(spec, overrides, resume_from, fresh)
 
 
 def evaluate(model_path: str, spec) -> dict[str, float]:

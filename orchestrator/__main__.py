@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run an experiment on Ray")
     p.add_argument("spec")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
-    p.add_argument("--resume-from", help="checkpoint folder to continue from")
+    p.add_argument("--resume-from", help="checkpoint folder or s3:// URI to continue from")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete this spec's earlier run first (no resume)"
+    )
     p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = orchestrator.validate(args.spec, args.overrides, check_files=not args.no_files)
             print(f"{args.spec}: valid (run id {spec.run_id})")
         elif args.command == "run":
-            _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from))
+            _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from, args.fresh))
         elif args.command == "prepare" and args.list:
             _print_known()
         elif args.command == "prepare":

@@ -26,7 +26,14 @@ from orchestrator.data.tokenize import tokenize_batch
 from orchestrator.losses import negatives_per_query
 from orchestrator.preflight import preflight
 from orchestrator.spec import ExperimentSpec, load_spec
-from orchestrator.storage import Location, arrow_storage, list_keys, read_text, write_text
+from orchestrator.storage import (
+    Location,
+    arrow_storage,
+    list_keys,
+    read_text,
+    remove_tree,
+    write_text,
+)
 from orchestrator.train_loop import META_FILE, train_loop_per_worker
 
 log = logging.getLogger("orchestrator")
@@ -145,18 +152,21 @@ def run(
     spec: ExperimentSpec | str | Path | dict,
     overrides: list[str] | None = None,
     resume_from: str | None = None,
+    fresh: bool = False,
 ) -> RunResult:
     """Run one experiment end to end and return its summary (also written to the run folder).
 
     ``resume_from`` names a checkpoint (folder or ``s3://`` URI) to continue from: its step,
     optimizer and mixture positions. A run whose own folder already holds checkpoints resumes
-    from the latest of them anyway.
+    from the latest of them, unless ``fresh`` deletes that folder first.
     """
     spec = load_spec(spec, overrides)
     preflight(spec)
     started = time.time()
     model_path = resolve_model(spec.model.base)
     location = run_location(spec)
+    if fresh and (removed := remove_tree(location)):
+        log.warning("--fresh: deleted %d file(s) of the earlier run in %s", removed, location.uri)
     write_text(location.join("spec.yaml"), spec.to_yaml())
     spec_json = spec.model_dump(mode="json")
     _ensure_ray()
@@ -254,7 +264,7 @@ def _trainer(
             storage_path=storage_path,
             storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         ),
         datasets=datasets,
     )

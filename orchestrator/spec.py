@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -76,6 +77,16 @@ class ModelSpec(_Section):
 # --------------------------------------------------------------------------- data
 
 
+def _endpoint_url(url: str | None) -> str | None:
+    if url is not None and not re.fullmatch(r"https?://[^/@\s]+/?", url):
+        raise ValueError("expected http(s)://host[:port] with no credentials or path")
+    return url.rstrip("/") if url else url
+
+
+#: An S3-compatible endpoint: where to reach a store, never how to log in to it.
+EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_url)]
+
+
 class ColumnMap(_Section):
     """Maps canonical columns onto a file's own column names."""
 
@@ -90,7 +101,11 @@ class ColumnMap(_Section):
 
 
 class _FileSource(_Section):
-    path: str = Field(description="A file, a folder or a glob; local now, s3:// later.")
+    path: str = Field(description="A file, a folder or a glob; local or s3://bucket/key.")
+    endpoint_url: EndpointUrl = Field(
+        default=None,
+        description="S3-compatible endpoint for an s3:// path; None: AWS or $AWS_ENDPOINT_URL.",
+    )
     columns: ColumnMap = Field(default_factory=ColumnMap)
     weight: PositiveFloat = 1.0
     max_rows: PositiveInt | None = Field(default=None, description="Use only the first N rows.")
@@ -236,6 +251,12 @@ class ScalingSpec(_Section):
         default=0.5,
         description="CPU per Ray Data read/tokenize task (fractions overlap with training).",
     )
+    max_failures: int = Field(
+        default=0,
+        ge=-1,
+        description="Worker-group restarts after a worker or node dies (-1: unlimited); each "
+        "restart resumes from the latest checkpoint.",
+    )
 
     @property
     def use_gpu(self) -> bool:
@@ -256,7 +277,7 @@ class StorageSpec(_Section):
         default="runs",
         description="A local folder or s3://bucket/prefix; runs live under <uri>/<name>/<run_id>/.",
     )
-    endpoint_url: str | None = Field(
+    endpoint_url: EndpointUrl = Field(
         default=None,
         description="S3-compatible endpoint (MinIO, R2, a test server), e.g. "
         "http://127.0.0.1:9000; None: AWS, or $AWS_ENDPOINT_URL.",
@@ -281,13 +302,6 @@ class StorageSpec(_Section):
                 "from the environment, the endpoint from storage.endpoint_url"
             )
         return uri.rstrip("/")
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint_is_url(cls, url: str | None) -> str | None:
-        if url is not None and not re.fullmatch(r"https?://[^/@\s]+/?", url):
-            raise ValueError("expected http(s)://host[:port] with no credentials or path")
-        return url.rstrip("/") if url else url
 
     @property
     def is_remote(self) -> bool:

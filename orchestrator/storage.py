@@ -11,6 +11,7 @@ environment, ``~/.aws`` (``AWS_PROFILE``) or the instance role, on every node by
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -90,20 +91,42 @@ def s3_client(location: Location):
     )
 
 
+def arrow_filesystem(endpoint_url: str | None = None, region: str | None = None):
+    """pyarrow S3 filesystem with standard retries; credentials from the environment."""
+    from pyarrow import fs
+
+    options: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=8)}
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    if region:
+        options["region"] = region
+    return fs.S3FileSystem(**options)
+
+
 def arrow_storage(location: Location) -> tuple[str, Any]:
     """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``."""
     if not location.is_remote:
         return str(location.path), None
+    path = f"{location.bucket}/{location.key}".rstrip("/")
+    return path, arrow_filesystem(location.endpoint_url, location.region)
+
+
+def expand_remote(location: Location) -> list[str]:
+    """``bucket/key`` paths for an s3:// file, prefix or glob (pyarrow cannot glob itself)."""
     from pyarrow import fs
 
-    options: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=8)}
-    endpoint = location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint)
-        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-    if location.region:
-        options["region"] = location.region
-    return f"{location.bucket}/{location.key}".rstrip("/"), fs.S3FileSystem(**options)
+    path = f"{location.bucket}/{location.key}".rstrip("/")
+    if not any(ch in path for ch in "*?["):
+        return [path]
+    base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+    selector = fs.FileSelector(base, recursive=True, allow_not_found=True)
+    infos = arrow_filesystem(location.endpoint_url, location.region).get_file_info(selector)
+    matches = sorted(i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path))
+    if not matches:
+        raise FileNotFoundError(f"no objects match {location.uri}")
+    return matches
 
 
 # --------------------------------------------------------------------------- checksums
@@ -208,6 +231,19 @@ def read_text(source: Location) -> str:
             raise FileNotFoundError(source.uri) from None
         raise
     return body.read().decode()
+
+
+def remove_tree(root: Location) -> int:
+    """Delete everything below ``root``; returns how many files went."""
+    keys = list(list_keys(root))
+    if not root.is_remote:
+        shutil.rmtree(root.path, ignore_errors=True)
+        return len(keys)
+    client = s3_client(root)
+    for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": f"{root.key}/{k}"} for k in keys[start : start + 1000]]
+        client.delete_objects(Bucket=root.bucket, Delete={"Objects": batch, "Quiet": True})
+    return len(keys)
 
 
 def list_keys(root: Location) -> Iterator[str]:

@@ -25,6 +25,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from orchestrator.errors import BadRowsError
 from orchestrator.spec import ANCHOR, POSITIVE
+from orchestrator.storage import Location, arrow_filesystem, expand_remote
 
 if TYPE_CHECKING:
     import ray.data
@@ -71,6 +72,7 @@ class PairFileDatasource(FileBasedDatasource):
         self._format = source.format
         self._mapping = canonical_columns(source)
         self._delimiter = getattr(source, "delimiter", ",")
+        self._scheme = "s3://" if source.path.startswith("s3://") else ""  # for reports
 
     def _records(self, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
         """(line or row number, record, parse problem) for every row of one file."""
@@ -102,7 +104,7 @@ class PairFileDatasource(FileBasedDatasource):
             for canonical, column in self._mapping.items():
                 value = None if problem else record[column]
                 rows[canonical].append(value)
-            rows[FILE].append(path)
+            rows[FILE].append(self._scheme + path)
             rows[LINE].append(number)
             rows[PROBLEM].append(problem)
             if len(rows[FILE]) >= BLOCK_ROWS:
@@ -140,9 +142,7 @@ class SourceReport:
 
 
 def resolve_paths(path: str) -> list[str]:
-    """A file, a folder or a local glob → paths for Ray Data; remote URIs pass through."""
-    if "://" in path:
-        return [path]
+    """A local file, folder or glob → absolute paths for Ray Data."""
     if any(ch in path for ch in "*?["):
         matches = sorted(glob.glob(path, recursive=True))
         if not matches:
@@ -157,8 +157,13 @@ def read_source(
     """One source → (materialized clean dataset of canonical columns, report)."""
     import ray.data
 
-    paths = resolve_paths(source.path)
-    read = ray.data.read_datasource(PairFileDatasource(paths, source), num_cpus=num_cpus)
+    if source.path.startswith("s3://"):
+        remote = Location(source.path, source.endpoint_url)
+        paths, filesystem = expand_remote(remote), arrow_filesystem(source.endpoint_url)
+    else:
+        paths, filesystem = resolve_paths(source.path), None
+    datasource = PairFileDatasource(paths, source, filesystem=filesystem)
+    read = ray.data.read_datasource(datasource, num_cpus=num_cpus)
     files = len(read.input_files())  # known before materializing only
     tagged = read.materialize()
     bad = tagged.map_batches(_bad_rows, batch_format="pyarrow", num_cpus=num_cpus).materialize()

@@ -112,3 +112,13 @@ def test_rerunning_a_finished_spec_reuses_its_checkpoint(first_run):
     assert again.summary["pairs_seen"] == 4 * 8
     assert again.summary["negatives_per_query"] == 7
     assert again.summary["finetuned"] == result.summary["finetuned"]
+
+
+def test_fresh_starts_over_instead_of_resuming(first_run):
+    from orchestrator import run
+
+    spec, result = first_run
+    again = run(spec, fresh=True)
+    assert again.run_dir == result.run_dir
+    assert again.summary["resumed_from_step"] == 0 and again.summary["steps"] == 4
+    assert len(list(again.run_dir.glob("checkpoint_*/state.pt"))) == 2

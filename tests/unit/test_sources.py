@@ -279,3 +279,18 @@ def test_on_bad_rows_fail_names_source_file_and_line(jsonl_read):
     message = str(info.value)
     assert "data.sources.broken: 3 bad row(s)" in message
     assert f"{path}:2: invalid JSON" in message
+
+
+@pytest.mark.parametrize("pattern", ["data/colors.jsonl", "data/", "data/col*.jsonl"])
+def test_s3_sources_stream_from_a_bucket_with_file_and_line(pattern, corpora, bucket, s3_endpoint):
+    """The same reader over s3:// (file, prefix, glob) reports broken rows by object and line."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).upload_file(
+        str(corpora["colors"]), bucket, "data/colors.jsonl"
+    )
+    entry = source(f"s3://{bucket}/{pattern}", columns=QA_COLUMNS, endpoint_url=s3_endpoint)
+    dataset, report = read_source("s", entry)
+    assert (report.files, report.rows, report.bad_rows) == (1, 96, 1)
+    assert report.lines() == [f"s3://{bucket}/data/colors.jsonl:6: empty 'question' (anchor)"]
+    assert dataset.count() == 96
