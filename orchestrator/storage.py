@@ -28,6 +28,7 @@ from orchestrator.errors import IncompleteUploadError
 MANIFEST = "manifest.json"
 SHA_KEY = "sha256"  # object metadata key holding each upload's checksum
 CHUNK = 8 << 20
+RETRY_ATTEMPTS = 8  # per request, boto3 "standard" mode and pyarrow's standard strategy
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def s3_client(location: Location):
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": 8},
+        retries={"mode": "standard", "max_attempts": RETRY_ATTEMPTS},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if location.endpoint_url else None,
@@ -95,7 +96,9 @@ def arrow_filesystem(endpoint_url: str | None = None, region: str | None = None)
     """pyarrow S3 filesystem with standard retries; credentials from the environment."""
     from pyarrow import fs
 
-    options: dict[str, Any] = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=8)}
+    options: dict[str, Any] = {
+        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=RETRY_ATTEMPTS)
+    }
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint)
@@ -165,19 +168,28 @@ def publish(folder: Path, target: Location, **manifest_extra: Any) -> dict[str, 
     else:
         client = s3_client(target)
         for entry in manifest["files"]:
-            key = f"{target.key}/{entry['path']}"
-            client.upload_file(
-                str(folder / entry["path"]),
-                target.bucket,
-                key,
-                ExtraArgs={"Metadata": {SHA_KEY: entry[SHA_KEY]}},
-            )
-            head = client.head_object(Bucket=target.bucket, Key=key)
-            stored = head.get("Metadata", {}).get(SHA_KEY)
-            if head["ContentLength"] != entry["size"] or stored != entry[SHA_KEY]:
-                raise IncompleteUploadError(f"{target.uri}/{entry['path']}: upload did not verify")
+            _upload_verified(client, folder / entry["path"], target.join(entry["path"]), entry)
     write_text(target.join(MANIFEST), json.dumps(manifest, indent=2))
     return manifest
+
+
+def _upload_verified(client, local: Path, target: Location, entry: dict[str, Any]) -> None:
+    """One file up (retried by the client), then checked: size and sha256 as stored."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.upload_file(
+            str(local), target.bucket, target.key, ExtraArgs={"Metadata": {SHA_KEY: entry[SHA_KEY]}}
+        )
+        head = client.head_object(Bucket=target.bucket, Key=target.key)
+    except (S3UploadFailedError, ClientError, BotoCoreError) as exc:
+        raise IncompleteUploadError(
+            f"{target.uri}: upload failed after retries, no manifest written ({exc})"
+        ) from exc
+    stored = head.get("Metadata", {}).get(SHA_KEY)
+    if head["ContentLength"] != entry["size"] or stored != entry[SHA_KEY]:
+        raise IncompleteUploadError(f"{target.uri}: upload did not verify, no manifest written")
 
 
 def read_manifest(source: Location) -> dict[str, Any]:
