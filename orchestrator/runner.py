@@ -17,7 +17,15 @@ from typing import Any
 
 import ray
 import ray.data
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from orchestrator.assets import resolve_model
@@ -204,6 +212,8 @@ def run(
         "model_uri": location.join("model").uri,
         "steps": metrics.get("step", steps),
         "resumed_from_step": resumed_from,
+        "restores": metrics.get("restores", 0),
+        "stream_digests": metrics.get("stream_digests"),
         "pairs_seen": metrics.get("pairs_seen"),
         "source_steps": metrics.get("source_steps"),
         "negatives_per_query": metrics.get("negatives_per_query")
@@ -267,6 +277,11 @@ def _trainer(
             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         ),
         datasets=datasets,
+        # Every rank reads whole sources in a fixed order and takes its slice of each global
+        # batch (see train_loop._open_epoch): exact resume needs that determinism.
+        dataset_config=DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
+        ),
     )
 
 

@@ -311,6 +311,15 @@ class StorageSpec(_Section):
 # --------------------------------------------------------------------------- experiment
 
 
+class TestingSpec(_Section):
+    """Chaos testing: rehearse recovery on a real cluster before a spot node does it for you."""
+
+    kill_worker_at_step: PositiveInt = Field(
+        description="SIGKILL one training worker once, when it reaches this step."
+    )
+    kill_rank: int = Field(default=0, ge=0)
+
+
 class ExperimentSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -322,6 +331,7 @@ class ExperimentSpec(_Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    testing: TestingSpec | None = None
 
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentSpec:
@@ -342,6 +352,16 @@ class ExperimentSpec(_Section):
         main = self.eval.main_metric
         if not re.fullmatch(r"(ndcg|mrr|map|recall|precision|accuracy)@\d+", main):
             problems.append(f"eval.main_metric: {main!r} is not like 'ndcg@10' or 'mrr@10'")
+        chaos = self.testing
+        if chaos and chaos.kill_worker_at_step <= self.train.checkpoint_every:
+            problems.append(
+                "testing.kill_worker_at_step: must come after the first checkpoint "
+                f"(train.checkpoint_every={self.train.checkpoint_every}), or nothing can resume"
+            )
+        if chaos and chaos.kill_rank >= self.scaling.num_workers:
+            problems.append(f"testing.kill_rank: no rank {chaos.kill_rank} among the workers")
+        if chaos and self.scaling.max_failures == 0:
+            problems.append("testing: a killed worker needs scaling.max_failures >= 1 to recover")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             problems.append("train.precision: fp16 needs GPUs (scaling.gpus_per_worker > 0)")
         if problems:  # one line each; _format_error splits them back into separate problems

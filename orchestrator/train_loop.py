@@ -8,16 +8,20 @@ Every ``checkpoint_every`` steps rank 0 saves what a resume needs, and all ranks
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -63,17 +67,45 @@ def _optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=spec.train.lr, fused=fused or None)
 
 
-def _open_epoch(shard, batch_size: int, shuffle_buffer: int, seed: int, epoch: int):
-    return iter(
-        shard.iter_batches(
-            batch_size=batch_size,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=shuffle_buffer or None,
-            local_shuffle_seed=(seed + epoch) if shuffle_buffer else None,
-            prefetch_batches=2,
-        )
+def _open_epoch(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
+    """This rank's slice of each global batch of one source, for one epoch.
+
+    Every rank reads the whole (materialized) source in the same order with the same shuffle
+    seed and keeps rows ``[rank*b, (rank+1)*b)`` of each global batch. Ray Data's
+    ``streaming_split`` hands blocks to whichever rank asks first, so after a restart ranks
+    would see different rows and "skip the batches already consumed" would skip other pairs.
+    Reading everything on every rank costs reading bytes, not training time, and makes each
+    global step's pairs a pure function of (source, epoch, batch index).
+    """
+    global_batch, local = spec.train.batch_size, spec.per_worker_batch_size
+    buffer = spec.data.shuffle_buffer
+    batches = shard.iter_batches(
+        batch_size=global_batch,
+        batch_format="numpy",
+        drop_last=True,
+        local_shuffle_buffer_size=buffer or None,
+        local_shuffle_seed=(spec.train.seed + epoch) if buffer else None,
+        prefetch_batches=2,
     )
+    for rows in batches:
+        yield {k: v[rank * local : (rank + 1) * local] for k, v in rows.items()}
+
+
+def _chain(digest: str, rows: dict[str, np.ndarray]) -> str:
+    """Running fingerprint of the token ids a rank trained on, in order."""
+    h = hashlib.sha256(digest.encode())
+    for column in sorted(rows):
+        for seq in rows[column]:
+            h.update(np.asarray(seq, dtype=np.int32).tobytes())
+    return h.hexdigest()
+
+
+def _gather(value: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [value]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, value)
+    return out
 
 
 def load_state(checkpoint: ray.train.Checkpoint | str | None) -> tuple[dict | None, dict]:
@@ -113,28 +145,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     loss_fn = build_loss(spec.loss, model, world)
 
-    state, meta = load_state(ray.train.get_checkpoint() or config.get("resume_from"))
+    restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
+    state, meta = load_state(restored or config.get("resume_from"))
     step = 0
     if state is not None:
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        rng = state["rng"]  # one state per rank: dropout draws differ with each rank's shapes
+        torch.set_rng_state(rng[rank] if isinstance(rng, list) else rng)
         step = meta["step"]
     resumed_from_step = step
+    restores = meta.get("restores", 0) + (restored is not None)
+    digest = (meta.get("stream_digests") or [""] * world)[rank]
 
     batch = spec.per_worker_batch_size
     positions = positions_from(meta.get("positions"), list(spec.data.sources))
     streams = {
         name: SourceStream(
             name,
-            partial(
-                _open_epoch,
-                ray.train.get_dataset_shard(name),
-                batch,
-                spec.data.shuffle_buffer,
-                spec.train.seed + 1000 * rank,
-            ),
+            partial(_open_epoch, ray.train.get_dataset_shard(name), spec, rank),
             positions[name],
         )
         for name in spec.data.sources
@@ -162,8 +192,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     hard = 0
     encoder.train()
     while step < total_steps:
+        _chaos(spec, step, rank, restores)
         fetch_start = time.perf_counter()
         source, rows = mixed.next(step)
+        digest = _chain(digest, rows)
         queries, passages, n_docs = collate(rows, pad_id)
         data_wait += time.perf_counter() - fetch_start
         hard = n_docs - 1
@@ -206,21 +238,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "total_params": total,
             "source_steps": dict(source_steps),
             "resumed_from_step": resumed_from_step,
+            "restores": restores,
         }
+        rng_states = None
+        if checkpoint_now:  # collectives: every rank takes part
+            metrics["stream_digests"] = _gather(digest, world)
+            rng_states = _gather(torch.get_rng_state(), world)
         if eval_now and rank == 0:
             from orchestrator.evaluation import evaluate
 
             model.eval()
             metrics.update({f"eval/{k}": v for k, v in evaluate(model, spec).items()})
             model.train()
-        _report(metrics, checkpoint_now and rank == 0, model, optimizer, scheduler, mixed)
+        save = rng_states if checkpoint_now and rank == 0 else None
+        _report(metrics, save, model, optimizer, scheduler, mixed)
         running_loss.zero_()
         window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
 
 
-def _report(metrics, save, model, optimizer, scheduler, mixed) -> None:
+def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
+    """``testing.kill_worker_at_step``: SIGKILL this worker once, to rehearse recovery."""
+    chaos = spec.testing
+    if chaos and step == chaos.kill_worker_at_step and rank == chaos.kill_rank and not restores:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _report(metrics, rng_states, model, optimizer, scheduler, mixed) -> None:
     """Report on every rank (Ray Train's barrier); rank 0 attaches the resume state."""
-    if not save:
+    if rng_states is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
@@ -229,7 +274,7 @@ def _report(metrics, save, model, optimizer, scheduler, mixed) -> None:
                 "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng_states,
             },
             os.path.join(directory, STATE_FILE),
         )
@@ -239,6 +284,8 @@ def _report(metrics, save, model, optimizer, scheduler, mixed) -> None:
             "negatives_per_query": metrics["negatives_per_query"],
             "positions": mixed.positions(),
             "source_steps": metrics["source_steps"],
+            "restores": metrics["restores"],
+            "stream_digests": metrics["stream_digests"],
         }
         Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
