@@ -28,7 +28,9 @@ from orchestrator.errors import IncompleteUploadError
 MANIFEST = "manifest.json"
 SHA_KEY = "sha256"  # object metadata key holding each upload's checksum
 CHUNK = 8 << 20
-RETRY_ATTEMPTS = 8  # per request, boto3 "standard" mode and pyarrow's standard strategy
+# Per request, boto3 "standard" mode and pyarrow's standard strategy. pyarrow does not pickle
+# its retry strategy, so filesystems shipped to Ray workers fall back to its default (3).
+RETRY_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
