@@ -283,6 +283,9 @@ class StorageSpec(_Section):
         "http://127.0.0.1:9000; None: AWS, or $AWS_ENDPOINT_URL.",
     )
     region: str | None = None
+    retry_attempts: PositiveInt = Field(
+        default=8, description="Attempts per storage request (AWS 'standard' retry backoff)."
+    )
     keep_checkpoints: PositiveInt = 2
 
     @field_validator("uri")

@@ -28,9 +28,6 @@ from orchestrator.errors import IncompleteUploadError
 MANIFEST = "manifest.json"
 SHA_KEY = "sha256"  # object metadata key holding each upload's checksum
 CHUNK = 8 << 20
-# Per request, boto3 "standard" mode and pyarrow's standard strategy. pyarrow does not pickle
-# its retry strategy, so filesystems shipped to Ray workers fall back to its default (3).
-RETRY_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -40,12 +37,13 @@ class Location:
     uri: str
     endpoint_url: str | None = None
     region: str | None = None
+    attempts: int = 8  # per request, with AWS's "standard" backoff
 
     @classmethod
     def of(cls, storage: Any) -> Location:
         """From a spec's ``storage`` section."""
         uri = storage.uri if storage.uri.startswith("s3://") else str(Path(storage.uri).resolve())
-        return cls(uri, storage.endpoint_url, storage.region)
+        return cls(uri, storage.endpoint_url, storage.region, storage.retry_attempts)
 
     @property
     def is_remote(self) -> bool:
@@ -61,7 +59,7 @@ class Location:
 
     def join(self, *parts: str) -> Location:
         uri = "/".join([self.uri.rstrip("/"), *parts])
-        return Location(uri, self.endpoint_url, self.region)
+        return Location(uri, self.endpoint_url, self.region, self.attempts)
 
     @property
     def path(self) -> Path:
@@ -81,7 +79,7 @@ def s3_client(location: Location):
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": RETRY_ATTEMPTS},
+        retries={"mode": "standard", "max_attempts": location.attempts},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if location.endpoint_url else None,
@@ -94,12 +92,16 @@ def s3_client(location: Location):
     )
 
 
-def arrow_filesystem(endpoint_url: str | None = None, region: str | None = None):
+def arrow_filesystem(endpoint_url: str | None = None, region: str | None = None, attempts: int = 8):
     """pyarrow S3 filesystem with standard retries; credentials from the environment."""
     from pyarrow import fs
 
     options: dict[str, Any] = {
-        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=RETRY_ATTEMPTS)
+        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        # With background writes, a part that fails to upload is only logged when the stream
+        # is destroyed ("Error ignored"), and Ray Train registers a checkpoint that lacks the
+        # file. Synchronous writes make the failure raise in ray.train.report instead.
+        "background_writes": False,
     }
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -115,7 +117,7 @@ def arrow_storage(location: Location) -> tuple[str, Any]:
     if not location.is_remote:
         return str(location.path), None
     path = f"{location.bucket}/{location.key}".rstrip("/")
-    return path, arrow_filesystem(location.endpoint_url, location.region)
+    return path, arrow_filesystem(location.endpoint_url, location.region, location.attempts)
 
 
 def expand_remote(location: Location) -> list[str]:

@@ -39,6 +39,7 @@ from orchestrator.modeling import (
     trainable_state,
 )
 from orchestrator.spec import ExperimentSpec
+from orchestrator.storage import Location, publish
 
 STATE_FILE, META_FILE = "state.pt", "meta.json"
 
@@ -145,6 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     loss_fn = build_loss(spec.loss, model, world)
 
+    run_location = Location.of(spec.storage).join(spec.name, spec.run_id)
     restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
     state, meta = load_state(restored or config.get("resume_from"))
     step = 0
@@ -251,9 +253,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({f"eval/{k}": v for k, v in evaluate(model, spec).items()})
             model.train()
         save = rng_states if checkpoint_now and rank == 0 else None
-        _report(metrics, save, model, optimizer, scheduler, mixed)
+        _report(metrics, save, model, optimizer, scheduler, mixed, run_location)
         running_loss.zero_()
         window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
+
+
+def _upload_verified(
+    run: Location, checkpoint: ray.train.Checkpoint, name: str
+) -> ray.train.Checkpoint:
+    """Upload a checkpoint file by file, verify each, write its manifest last; then register.
+
+    Replaces Ray Train's default copy, whose pyarrow streams can drop a failed part upload
+    with only an "Error ignored" log line, registering a checkpoint without its state. Here a
+    failure raises out of ``ray.train.report`` (after boto3's standard retries), so the
+    checkpoint is never registered and a restart resumes from the previous one.
+    """
+    storage = ray.train.get_context().get_storage()
+    publish(Path(checkpoint.path), run.join(name))
+    path = storage.build_checkpoint_path_from_name(name)
+    return ray.train.Checkpoint(path=path, filesystem=storage.storage_filesystem)
 
 
 def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
@@ -263,7 +281,7 @@ def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _report(metrics, rng_states, model, optimizer, scheduler, mixed) -> None:
+def _report(metrics, rng_states, model, optimizer, scheduler, mixed, run: Location) -> None:
     """Report on every rank (Ray Train's barrier); rank 0 attaches the resume state."""
     if rng_states is None:
         ray.train.report(metrics)
@@ -288,4 +306,8 @@ def _report(metrics, rng_states, model, optimizer, scheduler, mixed) -> None:
             "stream_digests": metrics["stream_digests"],
         }
         Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_upload_fn=partial(_upload_verified, run),
+        )

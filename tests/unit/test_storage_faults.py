@@ -5,7 +5,6 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from orchestrator import storage
 from orchestrator.errors import IncompleteUploadError
 from orchestrator.storage import MANIFEST, Location, arrow_filesystem, publish, pull
 from tests.faults import Fault, FaultyProxy
@@ -35,13 +34,12 @@ def test_publish_retries_through_slowdown_5xx_and_resets(folder, bucket, s3_endp
 
 
 def test_an_upload_that_never_gets_through_publishes_no_manifest(
-    folder, bucket, s3_endpoint, tmp_path, monkeypatch
+    folder, bucket, s3_endpoint, tmp_path
 ):
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)  # keep the backoff short
     with FaultyProxy(s3_endpoint) as proxy:
         proxy.plan(Fault("PUT", "503", times=100, path_contains="model.safetensors"))
         with pytest.raises(IncompleteUploadError, match="SlowDown"):
-            publish(folder, Location(f"s3://{bucket}/m", endpoint_url=proxy.url))
+            publish(folder, Location(f"s3://{bucket}/m", endpoint_url=proxy.url, attempts=2))
     keys = [
         o["Key"]
         for o in boto3.client("s3", endpoint_url=s3_endpoint)
