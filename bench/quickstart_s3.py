@@ -1,7 +1,7 @@
 """The quickstart against a local S3-protocol server: checkpoints, model and manifest in a
 bucket, then `pull` and load the model with plain sentence-transformers.
 
-    .venv/bin/python bench/quickstart_s3.py [key.path=value ...]
+    .venv/bin/python -m bench.quickstart_s3 [key.path=value ...]
 
 Starts moto's S3 server on 127.0.0.1 (credentials are dummies it accepts), so it needs no
 cloud account; point `storage.uri`/`storage.endpoint_url` at MinIO or S3 to do the same there.
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
 
 import boto3
-from moto.server import ThreadedMotoServer
 
 for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
     os.environ.setdefault(key, value)
@@ -25,15 +23,15 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 import orchestrator  # noqa: E402
 from orchestrator.export import comparison_table  # noqa: E402
+from tests.faults import local_s3_server  # noqa: E402
 
 
 def main() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    with local_s3_server() as endpoint:
+        run_into(endpoint)
+
+
+def run_into(endpoint: str) -> None:
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
     overrides = ["storage.uri=s3://runs/demo", f"storage.endpoint_url={endpoint}", *sys.argv[1:]]
     started = time.time()
@@ -58,7 +56,6 @@ def main() -> None:
     print(json.dumps(orchestrator.list_runs("s3://runs/demo", endpoint_url=endpoint), indent=1))
     print(comparison_table(result.summary))
     print(f"total {time.time() - started:.0f}s; timings {result.summary['timings_s']}")
-    server.stop()
 
 
 if __name__ == "__main__":

@@ -79,17 +79,10 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     """A real S3-protocol server (moto) on a free loopback port, for the whole session."""
-    import socket
+    from tests.faults import local_s3_server
 
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with local_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

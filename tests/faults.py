@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP proxy on loopback, in front of the test S3 server.
+"""A local S3 server and a fault-injecting HTTP proxy on loopback to put in front of it.
 
 Each request is forwarded unchanged unless a planned fault matches it (method and path
 substring), in which case the proxy answers 503 SlowDown / 500 InternalError the way S3 does,
@@ -10,7 +10,10 @@ publishes is verified.
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -30,6 +33,22 @@ class Fault:
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and self.method in ("*", method) and self.path_contains in path
+
+
+@contextmanager
+def local_s3_server() -> Iterator[str]:
+    """A real S3-protocol server (moto) on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 class FaultyProxy:
