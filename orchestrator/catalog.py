@@ -69,14 +69,15 @@ def show_run(run: Location) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| name | run id | status | steps | metric | base | fine-tuned |",
-        "|---|---|---|---:|---|---:|---:|",
+        "| name | run id | spec hash | status | steps | metric | base | fine-tuned |",
+        "|---|---|---|---|---:|---|---:|---:|",
     ]
     for r in rows:
         base = f"{r['baseline']:.4f}" if r.get("baseline") is not None else ""
         tuned = f"{r['finetuned']:.4f}" if r.get("finetuned") is not None else ""
         lines.append(
-            f"| {r['name']} | {r['run_id']} | {r['status']} | {r.get('steps') or ''} | "
+            f"| {r['name']} | {r['run_id']} | {(r.get('spec_hash') or '')[:16]} | {r['status']} | "
+            f"{r.get('steps') or ''} | "
             f"{r.get('metric') or ''} | {base} | {tuned} |"
         )
     return "\n".join(lines)

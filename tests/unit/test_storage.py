@@ -140,3 +140,16 @@ def test_storage_spec_rejects_credentials_and_unknown_schemes(tiny_spec, storage
     with pytest.raises(SpecError) as error:
         load_spec({**tiny_spec, "storage": storage})
     assert any(p.startswith("storage.") and message in p for p in error.value.problems)
+
+
+def test_cli_runs_list_prints_a_table(tmp_path, capsys):
+    root = Location(str(tmp_path))
+    summary = {
+        "spec_hash": "ab" * 32,
+        "steps": 7,
+        "verdict": {"metric": "ndcg@10", "baseline": 0.5},
+    }
+    _fake_run(root, "qs", "r1", {"summary.json": json.dumps(summary), "model/manifest.json": "{}"})
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| qs | r1 | abababababababab | complete | 7 | ndcg@10 | 0.5000 |  |" in table
