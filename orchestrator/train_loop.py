@@ -261,7 +261,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _upload_verified(
     run: Location, checkpoint: ray.train.Checkpoint, name: str
 ) -> ray.train.Checkpoint:
-    """Upload a checkpoint file by file, verify each, write its manifest last; then register.
+    """Upload a checkpoint to object storage file by file, verify each, write its manifest last.
 
     Replaces Ray Train's default copy, whose pyarrow streams can drop a failed part upload
     with only an "Error ignored" log line, registering a checkpoint without its state. Here a
@@ -309,5 +309,6 @@ def _report(metrics, rng_states, model, optimizer, scheduler, mixed, run: Locati
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_upload_fn=partial(_upload_verified, run),
+            # Object storage: our verified upload. Local folders: Ray's own copy.
+            checkpoint_upload_fn=partial(_upload_verified, run) if run.is_remote else None,
         )
