@@ -122,7 +122,7 @@ _evaluate_task = ray.remote(_evaluate_here)
 @ray.remote
 def _export_task(
     spec_json: dict, model_path: str, checkpoint: Checkpoint, target: Location, summary: dict
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Export, evaluate the exported folder, write the card, publish with a manifest last.
 
     One task, so the folder that is evaluated is the one that is published, on one node.
@@ -142,7 +142,7 @@ def _export_task(
         write_model_card(out, spec, summary)
         metrics = {k: summary[k] for k in ("baseline", "finetuned")}
         publish(out, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
-    return finetuned
+    return {"finetuned": finetuned, "verdict": summary["verdict"]}
 
 
 def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
@@ -196,7 +196,7 @@ def run(
     log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
 
     t0 = time.time()
-    start = Location(resume_from, location.endpoint_url, location.region) if resume_from else None
+    start = Location(resume_from, *location.connection) if resume_from else None
     resumed_from = checkpoint_step(start) if start else latest_step(location)
     result = _trainer(spec, model_path, steps, datasets, start).fit()
     train_s = time.time() - t0
@@ -230,10 +230,11 @@ def run(
 
     t0 = time.time()
     task = _export_task.options(**_remote_options(spec))
-    summary["finetuned"] = ray.get(
-        task.remote(spec_json, model_path, result.checkpoint, location.join("model"), summary)
+    summary.update(
+        ray.get(
+            task.remote(spec_json, model_path, result.checkpoint, location.join("model"), summary)
+        )
     )
-    summary["verdict"] = verdict(baseline, summary["finetuned"], spec.eval.main_metric)
     summary["timings_s"] = {
         "data": round(data_s, 2),
         "baseline_eval": round(baseline_s, 2),

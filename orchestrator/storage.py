@@ -46,6 +46,11 @@ class Location:
         return cls(uri, storage.endpoint_url, storage.region, storage.retry_attempts)
 
     @property
+    def connection(self) -> tuple[str | None, str | None, int]:
+        """How to reach the store (endpoint, region, attempts), for a Location elsewhere on it."""
+        return self.endpoint_url, self.region, self.attempts
+
+    @property
     def is_remote(self) -> bool:
         return self.uri.startswith("s3://")
 
@@ -59,7 +64,7 @@ class Location:
 
     def join(self, *parts: str) -> Location:
         uri = "/".join([self.uri.rstrip("/"), *parts])
-        return Location(uri, self.endpoint_url, self.region, self.attempts)
+        return Location(uri, *self.connection)
 
     @property
     def path(self) -> Path:

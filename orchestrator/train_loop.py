@@ -96,8 +96,9 @@ def _chain(digest: str, rows: dict[str, np.ndarray]) -> str:
     """Running fingerprint of the token ids a rank trained on, in order."""
     h = hashlib.sha256(digest.encode())
     for column in sorted(rows):
-        for seq in rows[column]:
-            h.update(np.asarray(seq, dtype=np.int32).tobytes())
+        sequences = rows[column]
+        h.update(np.fromiter(map(len, sequences), np.int32, len(sequences)).tobytes())
+        h.update(np.concatenate(sequences).astype(np.int32, copy=False).tobytes())
     return h.hexdigest()
 
 
@@ -109,11 +110,11 @@ def _gather(value: Any, world: int) -> list[Any]:
     return out
 
 
-def load_state(checkpoint: ray.train.Checkpoint | str | None) -> tuple[dict | None, dict]:
+def load_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
+    """(state.pt contents, meta.json) of a checkpoint, local or in object storage."""
     if checkpoint is None:
         return None, {}
-    path = checkpoint if isinstance(checkpoint, str) else None
-    with nullcontext(path) if path else checkpoint.as_directory() as directory:
+    with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         meta = json.loads((Path(directory) / META_FILE).read_text())
     return state, meta
@@ -146,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     loss_fn = build_loss(spec.loss, model, world)
 
-    run_location = Location.of(spec.storage).join(spec.name, spec.run_id)
+    storage = Location.of(spec.storage)
     restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
     state, meta = load_state(restored or config.get("resume_from"))
     step = 0
@@ -154,8 +155,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        rng = state["rng"]  # one state per rank: dropout draws differ with each rank's shapes
-        torch.set_rng_state(rng[rank] if isinstance(rng, list) else rng)
+        # One RNG state per rank: dropout draws differ with each rank's batch shapes.
+        torch.set_rng_state(state["rng"][rank])
         step = meta["step"]
     resumed_from_step = step
     restores = meta.get("restores", 0) + (restored is not None)
@@ -253,25 +254,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({f"eval/{k}": v for k, v in evaluate(model, spec).items()})
             model.train()
         save = rng_states if checkpoint_now and rank == 0 else None
-        _report(metrics, save, model, optimizer, scheduler, mixed, run_location)
+        _report(metrics, save, model, optimizer, scheduler, mixed, storage)
         running_loss.zero_()
         window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
 
 
 def _upload_verified(
-    run: Location, checkpoint: ray.train.Checkpoint, name: str
+    storage: Location, checkpoint: ray.train.Checkpoint, name: str
 ) -> ray.train.Checkpoint:
-    """Upload a checkpoint to object storage file by file, verify each, write its manifest last.
+    """Upload a checkpoint file by file, verify each, write its manifest last; then register.
 
     Replaces Ray Train's default copy, whose pyarrow streams can drop a failed part upload
     with only an "Error ignored" log line, registering a checkpoint without its state. Here a
     failure raises out of ``ray.train.report`` (after boto3's standard retries), so the
-    checkpoint is never registered and a restart resumes from the previous one.
+    checkpoint is never registered and a restart resumes from the previous one. The target is
+    the path Ray Train registers (a relative ``storage.uri`` would resolve against the worker's
+    own working directory, not the driver's); ``storage`` only says how to reach it.
     """
-    storage = ray.train.get_context().get_storage()
-    publish(Path(checkpoint.path), run.join(name))
-    path = storage.build_checkpoint_path_from_name(name)
-    return ray.train.Checkpoint(path=path, filesystem=storage.storage_filesystem)
+    context = ray.train.get_context().get_storage()
+    path = context.build_checkpoint_path_from_name(name)
+    target = Location(f"s3://{path}" if storage.is_remote else path, *storage.connection)
+    publish(Path(checkpoint.path), target)
+    return ray.train.Checkpoint(path=path, filesystem=context.storage_filesystem)
 
 
 def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
@@ -281,7 +285,7 @@ def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _report(metrics, rng_states, model, optimizer, scheduler, mixed, run: Location) -> None:
+def _report(metrics, rng_states, model, optimizer, scheduler, mixed, storage: Location) -> None:
     """Report on every rank (Ray Train's barrier); rank 0 attaches the resume state."""
     if rng_states is None:
         ray.train.report(metrics)
@@ -309,6 +313,5 @@ def _report(metrics, rng_states, model, optimizer, scheduler, mixed, run: Locati
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
-            # Object storage: our verified upload. Local folders: Ray's own copy.
-            checkpoint_upload_fn=partial(_upload_verified, run) if run.is_remote else None,
+            checkpoint_upload_fn=partial(_upload_verified, storage),
         )

@@ -154,7 +154,11 @@ def resolve_paths(path: str) -> list[str]:
 def read_source(
     name: str, source: Source, num_cpus: float = 0.5
 ) -> tuple[ray.data.Dataset, SourceReport]:
-    """One source → (materialized clean dataset of canonical columns, report)."""
+    """One source → (clean dataset of canonical columns, report).
+
+    The tagged rows are materialized once; the clean dataset stays lazy, so the runner
+    materializes it a single time, after tokenization.
+    """
     import ray.data
 
     if source.path.startswith("s3://"):
@@ -168,14 +172,15 @@ def read_source(
     tagged = read.materialize()
     bad = tagged.map_batches(_bad_rows, batch_format="pyarrow", num_cpus=num_cpus).materialize()
     clean = tagged.map_batches(_good_rows, batch_format="pyarrow", num_cpus=num_cpus)
+    bad_rows = bad.count()
+    rows = tagged.count() - bad_rows
     if source.max_rows:
-        clean = clean.limit(source.max_rows)
-    clean = clean.materialize()
+        clean, rows = clean.limit(source.max_rows), min(rows, source.max_rows)
     report = SourceReport(
         name=name,
         files=files,
-        rows=clean.count(),
-        bad_rows=bad.count(),
+        rows=rows,
+        bad_rows=bad_rows,
         examples=sorted(bad.take(1000), key=lambda e: (e[FILE], e[LINE]))[:REPORTED_EXAMPLES],
     )
     return clean, report

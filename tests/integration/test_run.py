@@ -122,3 +122,22 @@ def test_fresh_starts_over_instead_of_resuming(first_run):
     assert again.run_dir == result.run_dir
     assert again.summary["resumed_from_step"] == 0 and again.summary["steps"] == 4
     assert len(list(again.run_dir.glob("checkpoint_*/state.pt"))) == 2
+
+
+def test_a_relative_storage_uri_means_the_drivers_folder(
+    ray_cluster, tiny_model, corpora, tmp_path, monkeypatch
+):
+    """Workers run elsewhere than the driver; checkpoints still land under the driver's path."""
+    from orchestrator import run
+    from tests.conftest import tiny_spec_dict
+
+    spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
+    spec["storage"] = {"uri": "relative-runs"}
+    spec["train"].update(max_steps=2)
+    spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
+    monkeypatch.chdir(tmp_path)  # after Ray started: the workers keep their own directory
+    result = run(spec)
+    assert result.run_dir == tmp_path / "relative-runs" / "tiny" / result.run_id
+    [checkpoint] = result.run_dir.glob("checkpoint_*/")
+    assert {p.name for p in checkpoint.iterdir()} == {"state.pt", "meta.json", "manifest.json"}
+    assert (result.model_dir / "manifest.json").is_file()
