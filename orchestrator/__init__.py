@@ -15,6 +15,7 @@ __all__ = [
     "prepare",
     "pull",
     "run",
+    "tune",
     "validate",
 ]
 
@@ -22,10 +23,13 @@ __all__ = [
 def validate(spec, overrides: list[str] | None = None, check_files: bool = True) -> ExperimentSpec:
     """Load and check a spec (and, by default, the files and model it names)."""
     from orchestrator.preflight import preflight
+    from orchestrator.search_space import check_space
 
     spec = load_spec(spec, overrides)
     if check_files:
         preflight(spec)
+    if spec.tune:
+        check_space(spec)
     return spec
 
 
@@ -36,6 +40,13 @@ def run(
     from orchestrator.runner import run as _run
 
     return _run(spec, overrides, resume_from, fresh)
+
+
+def tune(spec, overrides: list[str] | None = None, fresh: bool = False):
+    """Search the spec's ``tune.space`` with Ray Tune; see ``tuning.tune``."""
+    from orchestrator.tuning import tune as _tune
+
+    return _tune(spec, overrides, fresh)
 
 
 def evaluate(model_path: str, spec) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m orchestrator validate|run|prepare|eval ...``."""
+"""Command line: ``python -m orchestrator validate|run|tune|prepare|pull|runs|eval ...``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from orchestrator.errors import BadRowsError, IncompleteUploadError
+from orchestrator.errors import BadRowsError, IncompleteUploadError, SearchInterrupted
 from orchestrator.spec import SpecError
 
 
@@ -32,6 +32,15 @@ def _print_result(result) -> None:
             f"{v['finetuned']:.4f} ({v['delta']:+.4f}). Keep the base model."
         )
     print(f"model:   {result.model_uri}\nsummary: {result.run_uri}/summary.json")
+
+
+def _print_search(result) -> None:
+    print("\n" + result.table)
+    print(f"results: {result.tune_uri}/results.csv, results.md, metric_vs_step.png")
+    if result.best is None:
+        print("no trial finished: nothing to publish")
+    else:
+        _print_result(result.best)
 
 
 def _print_known() -> None:
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fresh", action="store_true", help="delete this spec's earlier run first (no resume)"
     )
+    p = sub.add_parser("tune", help="search the spec's tune.space; continues an interrupted one")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--fresh", action="store_true", help="delete this search's earlier state first")
     p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
@@ -100,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.spec}: valid (run id {spec.run_id})")
         elif args.command == "run":
             _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from, args.fresh))
+        elif args.command == "tune":
+            _print_search(orchestrator.tune(args.spec, args.overrides, args.fresh))
         elif args.command == "prepare" and args.list:
             _print_known()
         elif args.command == "prepare":
@@ -117,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, BadRowsError, IncompleteUploadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SearchInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -9,3 +9,7 @@ class BadRowsError(ValueError):
 
 class IncompleteUploadError(RuntimeError):
     """A published folder without a manifest, or whose files do not match it."""
+
+
+class SearchInterrupted(RuntimeError):
+    """A search stopped before all its trials ended; running it again continues it."""

@@ -49,7 +49,9 @@ def load_retrieval_set(spec: ExperimentSpec, seed: int = 0):
     return {q: queries[q] for q in qids}, corpus, {q: relevant[q] for q in qids}
 
 
-def build_evaluator(spec: ExperimentSpec) -> InformationRetrievalEvaluator:
+def build_evaluator(
+    spec: ExperimentSpec, truncate_dim: int | None = None
+) -> InformationRetrievalEvaluator:
     queries, corpus, relevant = load_retrieval_set(spec)
     ks = sorted(set(spec.eval.k_values) | {10})
     return InformationRetrievalEvaluator(
@@ -66,11 +68,19 @@ def build_evaluator(spec: ExperimentSpec) -> InformationRetrievalEvaluator:
         write_csv=False,
         query_prompt=spec.model.query_prompt or None,
         corpus_prompt=spec.model.passage_prompt or None,
+        truncate_dim=truncate_dim,
     )
 
 
 def evaluate(model: SentenceTransformer, spec: ExperimentSpec) -> dict[str, float]:
-    """Run the held-out evaluators on a model; flat metric names, e.g. ``ndcg@10``."""
-    evaluator = build_evaluator(spec)
-    raw = evaluator(model)  # keys like "heldout_cosine_ndcg@10"
-    return {key.split("_", 2)[-1]: float(value) for key, value in sorted(raw.items())}
+    """Run the held-out evaluators on a model; flat metric names, e.g. ``ndcg@10``.
+
+    Each of ``eval.matryoshka_dims`` adds the same metrics on truncated embeddings, named
+    ``dim<d>/ndcg@10``.
+    """
+    metrics = {}
+    for dim in [None, *spec.eval.matryoshka_dims]:
+        prefix = f"dim{dim}/" if dim else ""
+        raw = build_evaluator(spec, dim)(model)  # keys like "heldout_cosine_ndcg@10"
+        metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
+    return metrics

@@ -65,9 +65,12 @@ def preflight(spec: ExperimentSpec) -> list[str]:
             f"model.base: {base!r} is neither a folder, a known offline model "
             f"({', '.join(KNOWN_MODELS)}) nor a Hub id like 'org/name'"
         )
-    dims = spec.loss.matryoshka_dims
-    if dims and dim and dims[0] > dim:
-        problems.append(f"loss.matryoshka_dims: {dims[0]} exceeds the model's embedding size {dim}")
+    for field, dims in (
+        ("loss.matryoshka_dims", spec.loss.matryoshka_dims),
+        ("eval.matryoshka_dims", spec.eval.matryoshka_dims),
+    ):
+        if dims and dim and max(dims) > dim:
+            problems.append(f"{field}: {max(dims)} exceeds the model's embedding size {dim}")
     if problems:
         raise SpecError(problems, f"spec {spec.name!r}")
     return warnings

@@ -149,11 +149,41 @@ def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
     return {"num_cpus": spec.scaling.cpus_per_worker, "num_gpus": spec.scaling.gpus_per_worker}
 
 
-def _ensure_ray() -> None:
+def ensure_ray() -> None:
     if not ray.is_initialized():
         ray.init(log_to_driver=True, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset: too chatty
+
+
+@dataclass
+class PreparedData:
+    """Tokenized, materialized sources: read once for a run's workers or a search's trials."""
+
+    datasets: dict[str, ray.data.Dataset]
+    reports: list[SourceReport]
+    seconds: float
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {r.name: r.rows for r in self.reports}
+
+
+def prepare_data(spec: ExperimentSpec, model_path: str) -> PreparedData:
+    t0 = time.time()
+    clean, reports = read_sources(spec.data, spec.scaling.cpus_per_data_task)
+    _check_rows(spec, reports)
+    datasets = {name: _tokenized(spec, model_path, ds).materialize() for name, ds in clean.items()}
+    _log_reports(reports)
+    return PreparedData(datasets, reports, time.time() - t0)
+
+
+def evaluate_baseline(spec: ExperimentSpec, model_path: str) -> dict[str, float]:
+    """The base model on the held-out set, in a task with a training worker's resources."""
+    task = _evaluate_task.options(**_remote_options(spec))
+    baseline = ray.get(task.remote(spec.model_dump(mode="json"), model_path))
+    log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
+    return baseline
 
 
 def run(
@@ -176,42 +206,61 @@ def run(
     if fresh and (removed := remove_tree(location)):
         log.warning("--fresh: deleted %d file(s) of the earlier run in %s", removed, location.uri)
     write_text(location.join("spec.yaml"), spec.to_yaml())
-    spec_json = spec.model_dump(mode="json")
-    _ensure_ray()
+    ensure_ray()
 
+    data = prepare_data(spec, model_path)
     t0 = time.time()
-    clean, reports = read_sources(spec.data, spec.scaling.cpus_per_data_task)
-    rows = {r.name: r.rows for r in reports}
-    _check_rows(spec, reports)
-    datasets = {name: _tokenized(spec, model_path, ds).materialize() for name, ds in clean.items()}
-    steps = total_steps(spec, rows)
-    data_s = time.time() - t0
-    _log_reports(reports)
-
-    t0 = time.time()
-    baseline = ray.get(
-        _evaluate_task.options(**_remote_options(spec)).remote(spec_json, model_path)
-    )
+    baseline = evaluate_baseline(spec, model_path)
     baseline_s = time.time() - t0
-    log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
 
     t0 = time.time()
     start = Location(resume_from, *location.connection) if resume_from else None
     resumed_from = checkpoint_step(start) if start else latest_step(location)
-    result = _trainer(spec, model_path, steps, datasets, start).fit()
+    steps = total_steps(spec, data.rows)
+    result = build_trainer(spec, model_path, steps, data.datasets, start).fit()
     train_s = time.time() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
+    timings = {"data": data.seconds, "baseline_eval": baseline_s, "train": train_s}
+    summary = finish(
+        spec,
+        model_path,
+        result.checkpoint,
+        result.metrics or {},
+        data.reports,
+        baseline,
+        resumed_from_step=resumed_from,
+        timings=timings,
+    )
+    summary["timings_s"]["total"] = round(time.time() - started, 2)
+    write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+    return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
 
-    metrics = result.metrics or {}
+
+def finish(
+    spec: ExperimentSpec,
+    model_path: str,
+    checkpoint: Checkpoint,
+    metrics: dict[str, Any],
+    reports: list[SourceReport],
+    baseline: dict[str, float],
+    resumed_from_step: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """After training: export the checkpoint, evaluate it, publish it; the run's summary.
+
+    ``metrics`` are those reported with ``checkpoint``. Shared by ``run`` and by a search's
+    best trial, so both publish exactly the same artifacts.
+    """
+    location = run_location(spec)
     summary = {
         "run_id": spec.run_id,
         "name": spec.name,
         "spec_hash": spec.hash(),
         "base_model": spec.model.base,
         "model_uri": location.join("model").uri,
-        "steps": metrics.get("step", steps),
-        "resumed_from_step": resumed_from,
+        "steps": metrics.get("step"),
+        "resumed_from_step": resumed_from_step,
         "restores": metrics.get("restores", 0),
         "stream_digests": metrics.get("stream_digests"),
         "pairs_seen": metrics.get("pairs_seen"),
@@ -225,33 +274,25 @@ def run(
             r.name: {"rows": r.rows, "bad_rows": r.bad_rows, "examples": r.lines()} for r in reports
         },
         "baseline": baseline,
-        "checkpoint": _uri_of(result.checkpoint, location),
+        "checkpoint": _uri_of(checkpoint, location),
     }
-
     t0 = time.time()
     task = _export_task.options(**_remote_options(spec))
-    summary.update(
-        ray.get(
-            task.remote(spec_json, model_path, result.checkpoint, location.join("model"), summary)
-        )
-    )
-    summary["timings_s"] = {
-        "data": round(data_s, 2),
-        "baseline_eval": round(baseline_s, 2),
-        "train": round(train_s, 2),
-        "export_and_eval": round(time.time() - t0, 2),
-        "total": round(time.time() - started, 2),
-    }
-    write_text(location.join("summary.json"), json.dumps(summary, indent=2))
-    return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
+    spec_json = spec.model_dump(mode="json")
+    target = location.join("model")
+    summary.update(ray.get(task.remote(spec_json, model_path, checkpoint, target, summary)))
+    timings = {**timings, "export_and_eval": time.time() - t0}
+    summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    return summary
 
 
-def _trainer(
+def build_trainer(
     spec: ExperimentSpec,
     model_path: str,
     steps: int,
     datasets: dict[str, ray.data.Dataset],
     start: Location | None,
+    callbacks: list | None = None,
 ) -> TorchTrainer:
     storage_path, filesystem = arrow_storage(Location.of(spec.storage).join(spec.name))
     return TorchTrainer(
@@ -260,7 +301,7 @@ def _trainer(
             "spec": spec.model_dump(mode="json"),
             "model_path": model_path,
             "total_steps": steps,
-            "resume_from": _checkpoint_at(start) if start else None,
+            "resume_from": checkpoint_at(start) if start else None,
         },
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,
@@ -276,6 +317,7 @@ def _trainer(
             storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         # Every rank reads whole sources in a fixed order and takes its slice of each global
@@ -286,7 +328,7 @@ def _trainer(
     )
 
 
-def _checkpoint_at(location: Location) -> Checkpoint:
+def checkpoint_at(location: Location) -> Checkpoint:
     path, filesystem = arrow_storage(location)
     return Checkpoint(path=path, filesystem=filesystem)
 
@@ -295,14 +337,30 @@ def _uri_of(checkpoint: Checkpoint, location: Location) -> str:
     return f"s3://{checkpoint.path}" if location.is_remote else checkpoint.path
 
 
+def checkpoint_meta(checkpoint: Location) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint: step, mixture positions, the metrics reported with it."""
+    return json.loads(read_text(checkpoint.join(META_FILE)))
+
+
 def checkpoint_step(checkpoint: Location) -> int:
-    return json.loads(read_text(checkpoint.join(META_FILE)))["step"]
+    return checkpoint_meta(checkpoint)["step"]
+
+
+def latest_checkpoint(run: Location) -> tuple[Location, dict[str, Any]] | None:
+    """The newest checkpoint in a run folder (the one Ray Train resumes from) and its meta."""
+    folders = [
+        run.join(k.rsplit("/", 1)[0])
+        for k in list_keys(run)
+        if k.startswith("checkpoint_") and k.endswith(META_FILE)
+    ]
+    found = [(folder, checkpoint_meta(folder)) for folder in folders]
+    return max(found, key=lambda item: item[1]["step"], default=None)
 
 
 def latest_step(run: Location) -> int:
-    """Step of the newest checkpoint already in a run folder (Ray Train resumes from it), or 0."""
-    metas = [k for k in list_keys(run) if k.startswith("checkpoint_") and k.endswith(META_FILE)]
-    return max((checkpoint_step(run.join(k.rsplit("/", 1)[0])) for k in metas), default=0)
+    """Step of the newest checkpoint already in a run folder, or 0."""
+    latest = latest_checkpoint(run)
+    return latest[1]["step"] if latest else 0
 
 
 def verdict(baseline: dict[str, float], finetuned: dict[str, float], main: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -263,10 +263,28 @@ class ScalingSpec(_Section):
         return self.gpus_per_worker > 0
 
 
+#: An evaluation metric name: ``ndcg@10``, or ``dim64/ndcg@10`` for embeddings cut to 64 dims.
+METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy)@\d+")
+
+
 class EvalSpec(_Section):
     batch_size: PositiveInt = 64
     k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10], min_length=1)
     main_metric: str = "ndcg@10"
+    matryoshka_dims: list[PositiveInt] = Field(
+        default_factory=list,
+        description="Also evaluate embeddings truncated to these dims; their metrics are "
+        "named dim<d>/<metric>, e.g. dim64/ndcg@10.",
+    )
+
+    def metric_problem(self, field: str, name: str) -> str | None:
+        """Why ``name`` is not a metric this evaluation produces, or None."""
+        match = METRIC_NAME.fullmatch(name)
+        if not match:
+            return f"{field}: {name!r} is not like 'ndcg@10', 'mrr@10' or 'dim64/ndcg@10'"
+        if match[1] and int(match[1]) not in self.matryoshka_dims:
+            return f"{field}: {name!r} needs {match[1]} in eval.matryoshka_dims"
+        return None
 
 
 class StorageSpec(_Section):
@@ -311,6 +329,146 @@ class StorageSpec(_Section):
         return self.uri.startswith("s3://")
 
 
+# --------------------------------------------------------------------------- tuning
+
+#: Paths a search may vary. Everything else (the model, the data files and columns, the
+#: evaluation, storage) is shared by all trials: they reuse one tokenized dataset and one
+#: baseline, and their metrics stay comparable.
+SEARCHABLE = re.compile(
+    r"(loss|lora)(\..+)?|train\.(?!eval_every$).+|scaling\..+|data\.sources\.[^.]+\.weight"
+    r"|data\.shuffle_buffer|model\.attention_dropout"
+)
+
+
+class SearchDomain(_Section):
+    """One search dimension: exactly one of choice, grid, uniform, loguniform or randint."""
+
+    choice: list[Any] | None = Field(default=None, min_length=1, description="Sample one value.")
+    grid: list[Any] | None = Field(
+        default=None, min_length=1, description="Try every value (each num_samples times)."
+    )
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    randint: tuple[int, int] | None = Field(default=None, description="Both ends included.")
+    when: dict[str, Any] | None = Field(
+        default=None,
+        description="Sample only when these earlier parameters take these values (a value or "
+        "a list of values), e.g. {loss.kind: [infonce, mnrl]}.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchDomain:
+        kinds = [
+            k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k)
+        ]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, grid, uniform, loguniform, randint")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds and not bounds[0] < bounds[1]:
+            raise ValueError(f"{kinds[0]}: expected [low, high] with low < high")
+        if self.grid and self.when:
+            raise ValueError("a grid cannot be conditional (`when`): use choice")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(
+            k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k)
+        )
+
+    def candidates(self) -> list[Any]:
+        """Values to check before anything runs: every listed value, or both ends of a range."""
+        return list(getattr(self, self.kind))
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        """Whether this parameter is sampled, given the values chosen before it."""
+        for path, allowed in (self.when or {}).items():
+            allowed = allowed if isinstance(allowed, list) else [allowed]
+            if chosen.get(path) not in allowed:
+                return False
+        return True
+
+
+class TuneSpec(_Section):
+    """A search over the spec itself: each trial is the run of the spec with sampled overrides."""
+
+    metric: str = Field(
+        default="ndcg@10", description="Held-out metric to optimize, e.g. ndcg@10, dim64/ndcg@10."
+    )
+    mode: Literal["max", "min"] = "max"
+    space: dict[str, SearchDomain] = Field(
+        min_length=1, description="Dotted spec paths (as in overrides) → search domain."
+    )
+    num_samples: PositiveInt = Field(
+        default=4, description="Trials to sample; with grids, repeats of the whole grid."
+    )
+    max_concurrent_trials: PositiveInt | None = Field(
+        default=None,
+        description="None: as many as the cluster's CPUs/GPUs hold, given each trial's scaling.",
+    )
+    search: Literal["random", "optuna"] = Field(
+        default="random", description="random (grids enumerated) or Optuna's TPE sampler."
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        default="asha", description="asha: stop trials that trail at an evaluation; fifo: never."
+    )
+    grace_period: PositiveInt | None = Field(
+        default=None, description="Steps before ASHA may stop a trial; None: train.eval_every."
+    )
+    reduction_factor: float = Field(
+        default=2.0, gt=1.0, description="ASHA keeps the top 1/reduction_factor at each rung."
+    )
+    time_budget_s: PositiveFloat | None = Field(
+        default=None, description="Stop starting and running trials after this many seconds."
+    )
+    seed: int | None = Field(default=None, description="Sampler seed; None: train.seed.")
+
+    def trial_params(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The sampled values that apply to a trial: one whose ``when`` fails is dropped."""
+        chosen: dict[str, Any] = {}
+        for path, domain in self.space.items():
+            if path in config and domain.applies(chosen):
+                chosen[path] = config[path]
+        return chosen
+
+    @property
+    def metric_key(self) -> str:
+        """The name the metric carries in Ray Train/Tune reports."""
+        return f"eval/{self.metric}"
+
+    def problems(self, spec: ExperimentSpec) -> list[str]:
+        problems = [spec.eval.metric_problem("tune.metric", self.metric)]
+        if not spec.train.eval_every:
+            problems.append(
+                "train.eval_every: a search reads its metric from evaluations during training "
+                "(ASHA compares trials there): set it, e.g. to a quarter of the steps"
+            )
+        seen: list[str] = []
+        for path, domain in self.space.items():
+            where = f"tune.space.{path}"
+            if not SEARCHABLE.fullmatch(path):
+                problems.append(
+                    f"{where}: not searchable; trials share the model, data files, evaluation "
+                    "and storage. Search loss.*, lora.*, train.* (not eval_every), scaling.*, "
+                    "data.sources.<name>.weight, data.shuffle_buffer, model.attention_dropout"
+                )
+            name = path.split(".")[2] if path.startswith("data.sources.") else None
+            if name and name not in spec.data.sources:
+                problems.append(f"{where}: no source {name!r} in data.sources")
+            for condition in domain.when or {}:
+                if condition not in seen:
+                    problems.append(f"{where}.when: {condition!r} must be searched before it")
+            if self.search == "optuna" and domain.grid:
+                problems.append(f"{where}: optuna samples; use choice instead of grid")
+            scalars = (str, int, float, bool, type(None))
+            if self.search == "optuna" and any(
+                not isinstance(v, scalars) for v in domain.choice or []
+            ):
+                problems.append(f"{where}: optuna chooses among single values, not lists/maps")
+            seen.append(path)
+        return problems
+
+
 # --------------------------------------------------------------------------- experiment
 
 
@@ -334,6 +492,7 @@ class ExperimentSpec(_Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    tune: TuneSpec | None = None
     testing: TestingSpec | None = None
 
     @model_validator(mode="after")
@@ -352,9 +511,9 @@ class ExperimentSpec(_Section):
                 f"train.batch_size: {self.train.batch_size} is the global batch and must divide "
                 f"evenly over scaling.num_workers={self.scaling.num_workers}"
             )
-        main = self.eval.main_metric
-        if not re.fullmatch(r"(ndcg|mrr|map|recall|precision|accuracy)@\d+", main):
-            problems.append(f"eval.main_metric: {main!r} is not like 'ndcg@10' or 'mrr@10'")
+        problems.append(self.eval.metric_problem("eval.main_metric", self.eval.main_metric))
+        if self.tune:
+            problems.extend(self.tune.problems(self))
         chaos = self.testing
         if chaos and chaos.kill_worker_at_step <= self.train.checkpoint_every:
             problems.append(
@@ -367,6 +526,7 @@ class ExperimentSpec(_Section):
             problems.append("testing: a killed worker needs scaling.max_failures >= 1 to recover")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             problems.append("train.precision: fp16 needs GPUs (scaling.gpus_per_worker > 0)")
+        problems = [p for p in problems if p]
         if problems:  # one line each; _format_error splits them back into separate problems
             raise ValueError(_CROSS_FIELD + "\n".join(problems))
         return self
@@ -375,9 +535,14 @@ class ExperimentSpec(_Section):
     def per_worker_batch_size(self) -> int:
         return self.train.batch_size // self.scaling.num_workers
 
-    def hash(self) -> str:
-        """Stable content hash: equal specs (after defaults) give equal run ids."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+    def hash(self, include_tune: bool = False) -> str:
+        """Stable content hash: equal specs (after defaults) give equal run ids.
+
+        The ``tune`` section is left out by default: it does not change what a run trains, so
+        ``run`` of a spec and the search trial with the same values share one run folder.
+        """
+        raw = self.model_dump(mode="json", exclude=None if include_tune else {"tune"})
+        canonical = json.dumps(raw, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -397,17 +562,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         path, sep, text = item.partition("=")
         if not sep or not path:
             raise SpecError([f"override {item!r}: expected key.path=value"], "overrides")
-        keys = path.strip().split(".")
-        node = raw
-        for key in keys[:-1]:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise SpecError([f"override {item!r}: {key!r} is not a section"], "overrides")
-            node = child
-        node[keys[-1]] = yaml.safe_load(text)
+        try:
+            set_path(raw, path.strip(), yaml.safe_load(text))
+        except KeyError as exc:
+            raise SpecError([f"override {item!r}: {exc.args[0]}"], "overrides") from None
     return raw
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``a.b.c`` in a raw spec dict, creating missing sections (e.g. ``lora.r`` adds LoRA)."""
+    keys = path.split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise KeyError(f"{key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
 
 
 def _format_error(error: dict[str, Any]) -> list[str]:
@@ -430,6 +603,13 @@ def _format_error(error: dict[str, Any]) -> list[str]:
 
 #: Discriminator tags pydantic puts into error locations; they are not part of the user's path.
 _TAGS = {"infonce", "mnrl", "triplet", "jsonl", "parquet", "csv"}
+
+#: Loss kind → its spec class, for trials that switch ``loss.kind``.
+LOSS_CLASSES: dict[str, type[_LossBase]] = {
+    kind: cls
+    for cls in (InfoNCELoss, TripletLossSpec)
+    for kind in get_args(cls.model_fields["kind"].annotation)
+}
 
 
 def parse_spec(raw: dict[str, Any], origin: str = "spec") -> ExperimentSpec:

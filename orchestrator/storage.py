@@ -231,12 +231,16 @@ def pull(source: Location, destination: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- small objects
 
 
-def write_text(target: Location, text: str) -> None:
+def write_bytes(target: Location, data: bytes) -> None:
     if target.is_remote:
-        s3_client(target).put_object(Bucket=target.bucket, Key=target.key, Body=text.encode())
+        s3_client(target).put_object(Bucket=target.bucket, Key=target.key, Body=data)
     else:
         target.path.parent.mkdir(parents=True, exist_ok=True)
-        target.path.write_text(text)
+        target.path.write_bytes(data)
+
+
+def write_text(target: Location, text: str) -> None:
+    write_bytes(target, text.encode())
 
 
 def read_text(source: Location) -> str:

@@ -224,12 +224,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         source_steps[source] = source_steps.get(source, 0) + 1
 
         checkpoint_now = step % spec.train.checkpoint_every == 0 or step == total_steps
-        eval_now = spec.train.eval_every and step % spec.train.eval_every == 0
+        eval_now = spec.train.eval_every and (
+            step % spec.train.eval_every == 0 or step == total_steps
+        )
         if not (checkpoint_now or eval_now or step % spec.train.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
         metrics = {
             "step": step,
+            "total_steps": total_steps,
             "loss": float(running_loss / window_steps),  # one host sync per report
             "lr": scheduler.get_last_lr()[0],
             "pairs_seen": pairs_seen,
@@ -308,6 +311,7 @@ def _report(metrics, rng_states, model, optimizer, scheduler, mixed, storage: Lo
             "source_steps": metrics["source_steps"],
             "restores": metrics["restores"],
             "stream_digests": metrics["stream_digests"],
+            "metrics": metrics,  # what was reported with it, evaluations included
         }
         Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
         ray.train.report(

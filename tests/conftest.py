@@ -71,7 +71,9 @@ def ray_cluster():
     """One real local Ray instance (2 CPUs, like the target laptop) for the whole session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    # The dashboard serves the state API, which Ray Train's placement-group cleaner uses to
+    # free the workers of a trial that Tune stops early.
+    ray.init(num_cpus=2, include_dashboard=True, configure_logging=False)
     yield
     ray.shutdown()
 

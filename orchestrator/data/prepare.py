@@ -3,8 +3,9 @@
 BIG-bench's source distribution on PyPI carries these files. We download it once with pip
 (never install it), extract only the files we need, and write for each dataset:
 
-- ``<home>/<name>/train.jsonl``: training rows (``anchor``, ``positive`` and, for VitaminC,
-  ``negative``: the refuting evidence for the same claim, a natural hard negative);
+- ``<home>/<name>/train.jsonl``: training rows ``anchor``, ``positive``, ``negative``: for
+  SQuAD-style sets another paragraph of the same article, for VitaminC the refuting evidence
+  for the same claim: natural hard negatives;
 - ``<home>/<name>/eval/``: a held-out retrieval set in BEIR layout (``corpus.jsonl``,
   ``queries.jsonl``, ``qrels.tsv``), plus ``triplets.jsonl`` where the data has negatives.
 
@@ -29,7 +30,7 @@ from orchestrator.assets import data_home, pip_download
 
 BIGBENCH = "bigbench==1.0.0"
 TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 HELD_OUT_FRACTION = 0.15
 MIN_GROUPS = 20  # fewer articles than this: hold out paragraphs instead
 SEED = 13
@@ -159,10 +160,33 @@ def prepare_squad(source: Path, out: Path) -> dict[str, int]:
                 queries[qa["id"]] = question
                 qrels[qa["id"]] = doc_id
             else:
-                train[doc_id].append({"anchor": question, "positive": context})
+                train[doc_id].append({"anchor": question, "positive": context, "article": a})
+    _add_same_article_negatives(train)
     rows = write_jsonl(out / "train.jsonl", interleave(train))
     write_retrieval_set(out / "eval", corpus, queries, qrels)
     return {"train_rows": rows, "eval_queries": len(queries), "eval_corpus": len(corpus)}
+
+
+def _add_same_article_negatives(train: dict[str, list[dict]], seed: int = SEED) -> None:
+    """Give each row a ``negative``: another training paragraph of the same article.
+
+    Same topic, same vocabulary, but it does not answer the question: a natural hard
+    negative for triplet losses and InfoNCE with hard negatives. Articles with a single
+    training paragraph borrow one from another article. Held-out paragraphs are never used.
+    """
+    rng = random.Random(seed)
+    by_article: dict[int, list[str]] = defaultdict(list)
+    for rows in train.values():
+        by_article[rows[0]["article"]].append(rows[0]["positive"])
+    everything = [text for texts in by_article.values() for text in texts]
+    for rows in train.values():
+        for row in rows:
+            article, positive = row.pop("article"), row["positive"]
+            others = [t for t in by_article[article] if t != positive]
+            if not others:
+                others = [t for t in everything if t != positive]
+            if others:
+                row["negative"] = rng.choice(others)
 
 
 def _vitaminc_examples(source: Path) -> dict[tuple[str, str], dict[str, list[str]]]:

@@ -64,11 +64,28 @@ def squad(tmp_path) -> Path:
 
 def test_squad_writes_train_and_a_beir_eval_set(squad):
     train = read_jsonl(squad / "train.jsonl")
-    assert train and set(train[0]) == {"anchor", "positive"}
+    assert train and set(train[0]) == {"anchor", "positive", "negative"}
     corpus = read_jsonl(squad / "eval" / "corpus.jsonl")
     queries = read_jsonl(squad / "eval" / "queries.jsonl")
     assert corpus and queries
     assert set(corpus[0]) == set(queries[0]) == {"_id", "text"}
+
+
+def test_squad_negatives_are_other_training_paragraphs_of_the_same_article(squad):
+    train = read_jsonl(squad / "train.jsonl")
+    paragraphs = {row["positive"] for row in train}
+    for row in train:
+        assert row["negative"] != row["positive"]
+        assert row["negative"] in paragraphs  # never a held-out paragraph
+        assert article_of(row["negative"]) == article_of(row["positive"])
+
+
+def test_a_single_paragraph_article_borrows_a_negative(tmp_path):
+    out = tmp_path / "single"
+    prepare_squad(squad_json(tmp_path / "single.json", articles=30, paragraphs=1), out)
+    for row in read_jsonl(out / "train.jsonl"):
+        assert row["negative"] != row["positive"]
+        assert article_of(row["negative"]) != article_of(row["positive"])
 
 
 def test_squad_texts_are_stripped(squad):

@@ -1,0 +1,357 @@
+"""Ray Tune over the spec itself: each trial is ``run`` of the spec with sampled overrides.
+
+Ray 2.60 runs Train V2, where ``Tuner(trainer)`` is gone. Each trial is a small function that
+builds and fits the same TorchTrainer as ``run`` (:func:`runner.build_trainer`), with a
+callback that forwards its evaluations to Tune. A trial's spec is the base spec with the
+sampled values, so a trial *is* a run: it trains into ``<storage>/<name>/<run id>/``, resumes
+from its own checkpoints after an interruption, and ``orchestrator run SPEC key=value ...``
+with the same values finds it already trained.
+
+What does not depend on the sampled values is done once for all trials: reading and
+tokenizing the sources, and evaluating the base model (the baseline every trial is compared
+with). :data:`orchestrator.spec.SEARCHABLE` keeps the search away from everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune as ray_tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from orchestrator.assets import resolve_model
+from orchestrator.errors import SearchInterrupted
+from orchestrator.preflight import preflight
+from orchestrator.runner import (
+    PreparedData,
+    RunResult,
+    build_trainer,
+    checkpoint_at,
+    ensure_ray,
+    evaluate_baseline,
+    finish,
+    latest_checkpoint,
+    prepare_data,
+    run_location,
+    total_steps,
+)
+from orchestrator.search_space import check_space, trial_spec
+from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
+from orchestrator.storage import Location, arrow_storage, read_text, remove_tree, write_text
+from orchestrator.tune_report import TrialRow, trial_rows, write_report
+
+log = logging.getLogger("orchestrator")
+
+
+@dataclass
+class TuneResult:
+    """What a finished search produced; ``summary`` is what the search's ``summary.json`` holds."""
+
+    tune_uri: str
+    rows: list[TrialRow]
+    table: str  # results.md
+    best: RunResult | None
+    summary: dict[str, Any] = field(repr=False)
+
+
+def tune_id(spec: ExperimentSpec) -> str:
+    """One id per distinct search: the tune section counts, unlike in run ids."""
+    return f"tune-{spec.hash(include_tune=True)[:12]}"
+
+
+def tune_location(spec: ExperimentSpec) -> Location:
+    """``<storage>/<name>/tune-<id>``: Tune's experiment state, results, plot and summary."""
+    return Location.of(spec.storage).join(spec.name, tune_id(spec))
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+class _EvaluationReports(TuneReportCallback):
+    """Forward to Tune only the reports that carry the metric: the evaluations.
+
+    Ray Train also reports every ``log_every`` steps; Tune rejects results without the
+    metric it optimizes, and ASHA should compare trials at evaluations only.
+    """
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if self._metric in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def _run_trial(
+    config: dict[str, Any],
+    base_json: dict[str, Any],
+    model_path: str,
+    datasets: dict[str, ray.data.Dataset],
+    rows: dict[str, int],
+) -> None:
+    """One Tune trial: the TorchTrainer of ``run`` for the base spec with this trial's values."""
+    base = ExperimentSpec.model_validate(base_json)
+    metric = base.tune.metric_key
+    params = base.tune.trial_params(config)
+    try:
+        spec = trial_spec(base, params)
+        preflight(spec)
+    except SpecError as exc:
+        log.warning("skipping %s", exc)
+        ray_tune.report({metric: math.nan, "step": 0, "skipped": "; ".join(exc.problems)})
+        return
+    steps = total_steps(spec, rows)
+    location = run_location(spec)
+    write_text(location.join("spec.yaml"), spec.to_yaml())
+    latest = latest_checkpoint(location)
+    if latest and latest[1]["step"] >= steps and metric in latest[1].get("metrics", {}):
+        # An identical trial or run finished before: its final evaluation is the result.
+        ray_tune.report({**latest[1]["metrics"], "reused_run": True})
+        return
+    callbacks = [_EvaluationReports(metric)]
+    build_trainer(spec, model_path, steps, datasets, None, callbacks).fit()
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def expected_trials(spec: TuneSpec) -> int:
+    """How many trials the search makes: num_samples, times every grid's length."""
+    return spec.num_samples * math.prod(len(d.grid) for d in spec.space.values() if d.grid)
+
+
+def _tune_domain(domain: SearchDomain):
+    values = domain.candidates()
+    return {
+        "choice": lambda: ray_tune.choice(values),
+        "grid": lambda: ray_tune.grid_search(values),
+        "uniform": lambda: ray_tune.uniform(*values),
+        "loguniform": lambda: ray_tune.loguniform(*values),
+        "randint": lambda: ray_tune.randint(values[0], values[1] + 1),  # Tune's high is exclusive
+    }[domain.kind]()
+
+
+def _optuna_space(space: dict[str, SearchDomain], trial) -> None:
+    """Define-by-run space for Optuna: a conditional parameter is suggested only when it applies."""
+    chosen: dict[str, Any] = {}
+    for path, domain in space.items():
+        if not domain.applies(chosen):
+            continue
+        values = domain.candidates()
+        if domain.kind == "choice":
+            chosen[path] = trial.suggest_categorical(path, values)
+        elif domain.kind == "randint":
+            chosen[path] = trial.suggest_int(path, *values)
+        else:
+            chosen[path] = trial.suggest_float(path, *values, log=domain.kind == "loguniform")
+
+
+def _search_setup(base: ExperimentSpec, concurrency: int) -> tuple[dict[str, Any] | None, Any]:
+    """(param_space, search_alg) for Tune.
+
+    Each trial's workers are not Tune's resources (Tune only sees the trial function), so
+    the searcher itself must hold back trials beyond what the cluster fits, or their worker
+    groups wait for CPUs until Ray Train times them out.
+    """
+    spec = base.tune
+    seed = spec.seed if spec.seed is not None else base.train.seed
+    if spec.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(
+            space=partial(_optuna_space, spec.space),
+            metric=spec.metric_key,
+            mode=spec.mode,
+            seed=seed,
+        )
+        return None, ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    space = {path: _tune_domain(domain) for path, domain in spec.space.items()}
+    return space, BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
+
+
+def _scheduler(base: ExperimentSpec, max_steps: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    spec = base.tune
+    if spec.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=max_steps,
+        grace_period=min(spec.grace_period or base.train.eval_every, max_steps),
+        reduction_factor=spec.reduction_factor,
+        # A trial that reaches its last step ends by itself (its final checkpoint and export
+        # intact) rather than being stopped by Tune while it reports.
+        stop_last_trials=False,
+    )
+
+
+def _concurrency(base: ExperimentSpec, candidates: list[ExperimentSpec]) -> int:
+    """tune.max_concurrent_trials, or as many of the largest trial as the cluster holds now."""
+    if base.tune.max_concurrent_trials:
+        return base.tune.max_concurrent_trials
+    cluster = ray.cluster_resources()
+    cpus = max(s.scaling.num_workers * s.scaling.cpus_per_worker for s in candidates)
+    gpus = max(s.scaling.num_workers * s.scaling.gpus_per_worker for s in candidates)
+    fits = int(cluster.get("CPU", 1) // cpus)
+    if gpus:
+        fits = min(fits, int(cluster.get("GPU", 0) // gpus))
+    return max(1, fits)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def _tuner(
+    base: ExperimentSpec,
+    location: Location,
+    model_path: str,
+    data: PreparedData,
+    candidates: list[ExperimentSpec],
+) -> ray_tune.Tuner:
+    """A new Tuner, or the interrupted one restored with its finished trials kept."""
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(
+            _run_trial,
+            base_json=base.model_dump(mode="json"),
+            model_path=model_path,
+            datasets=data.datasets,
+            rows=data.rows,
+        ),
+        # The trial function only drives a TorchTrainer, whose workers reserve their own.
+        {"cpu": 0.01},
+    )
+    path, filesystem = arrow_storage(location)
+    if ray_tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        log.info("tune: continuing the search in %s (finished trials are kept)", location.uri)
+        return ray_tune.Tuner.restore(
+            path,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=filesystem,
+        )
+    param_space, searcher = _search_setup(base, _concurrency(base, candidates))
+    max_steps = max(total_steps(s, data.rows) for s in candidates)
+    spec = base.tune
+    return ray_tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray_tune.TuneConfig(
+            metric=spec.metric_key,
+            mode=spec.mode,
+            search_alg=searcher,
+            scheduler=_scheduler(base, max_steps),
+            num_samples=spec.num_samples,
+            time_budget_s=spec.time_budget_s,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=tune_id(base),
+            storage_path=arrow_storage(Location.of(base.storage).join(base.name))[0],
+            storage_filesystem=filesystem,
+        ),
+    )
+
+
+def tune(
+    spec: ExperimentSpec | str | Path | dict,
+    overrides: list[str] | None = None,
+    fresh: bool = False,
+) -> TuneResult:
+    """Search the spec's ``tune.space``; export the best trial exactly as ``run`` would.
+
+    Calling it again for the same spec continues an interrupted search (finished trials are
+    kept, unfinished ones resume from their checkpoints); ``fresh`` deletes it first.
+    """
+    base = load_spec(spec, overrides)
+    if base.tune is None:
+        raise SpecError(["tune: the spec has no tune section (metric, space, ...)"], base.name)
+    preflight(base)
+    candidates = check_space(base)
+    started = time.time()
+    model_path = resolve_model(base.model.base)
+    location = tune_location(base)
+    if fresh and (removed := remove_tree(location)):
+        log.warning("--fresh: deleted %d file(s) of the earlier search", removed)
+    write_text(location.join("spec.yaml"), base.to_yaml())
+    ensure_ray()
+
+    data = prepare_data(base, model_path)
+    baseline = evaluate_baseline(base, model_path)
+    t0 = time.time()
+    grid = _tuner(base, location, model_path, data, candidates).fit()
+    search_s = time.time() - t0
+
+    rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
+    table = write_report(location, base, rows, baseline)
+    ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
+    out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
+    if ended < expected and not out_of_time:
+        raise SearchInterrupted(
+            f"search {tune_id(base)} stopped with {ended} of {expected} trials ended; run "
+            "`orchestrator tune` on the same spec again to continue it (results so far: "
+            f"{location.join('results.md').uri})"
+        )
+    best_row = next((r for r in rows if r.finished), None)
+    best = _publish(base, best_row, model_path, data, baseline) if best_row else None
+    summary = {
+        "tune_id": tune_id(base),
+        "name": base.name,
+        "metric": base.tune.metric,
+        "mode": base.tune.mode,
+        "baseline": baseline,
+        "trials": [row.as_dict() for row in rows],
+        "best": best_row.as_dict() if best_row else None,
+        "best_run_uri": best.run_uri if best else None,
+        "best_model_uri": best.model_uri if best else None,
+        "verdict": best.summary["verdict"] if best else None,
+        "timings_s": {
+            "data": round(data.seconds, 2),
+            "search": round(search_s, 2),
+            "total": round(time.time() - started, 2),
+        },
+    }
+    write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+    return TuneResult(location.uri, rows, table, best, summary)
+
+
+def _publish(
+    base: ExperimentSpec,
+    row: TrialRow,
+    model_path: str,
+    data: PreparedData,
+    baseline: dict[str, float],
+) -> RunResult:
+    """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""
+    spec = trial_spec(base, row.params)
+    location = run_location(spec)
+    try:
+        summary = json.loads(read_text(location.join("summary.json")))
+    except FileNotFoundError:
+        folder, meta = latest_checkpoint(location)
+        summary = finish(
+            spec,
+            model_path,
+            checkpoint_at(folder),
+            meta.get("metrics", meta),
+            data.reports,
+            baseline,
+            resumed_from_step=0,
+            timings={"data": data.seconds},
+        )
+        write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+    return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
