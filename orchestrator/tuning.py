@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -289,6 +290,9 @@ def tune(
         log.warning("--fresh: deleted %d file(s) of the earlier search", removed)
     write_text(location.join("spec.yaml"), base.to_yaml())
     ensure_ray()
+    # Trials resolve the spec's relative paths against this working directory, as `run`
+    # does, rather than in their own trial folders (propagated to trials by Tune).
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 
     data = prepare_data(base, model_path)
     baseline = evaluate_baseline(base, model_path)

@@ -27,6 +27,10 @@ def search_spec(tiny_model, corpora, root: Path) -> dict:
 
     spec = tiny_spec_dict(tiny_model, corpora, root)
     spec["name"] = "tiny-search"
+    # Relative paths, as in experiments/: trials must resolve them like the driver does.
+    for source in spec["data"]["sources"].values():
+        source["path"] = os.path.relpath(source["path"])
+    spec["data"]["eval"] = {k: os.path.relpath(v) for k, v in spec["data"]["eval"].items()}
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1, "cpus_per_data_task": 0.25}
     spec["train"].update(max_steps=8, eval_every=2, checkpoint_every=4, log_every=2)
     spec["tune"] = {
