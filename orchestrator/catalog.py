@@ -3,6 +3,7 @@
 A run is ``<root>/<name>/<run id>/``. Its status comes from what is there, trusting only
 manifests: ``complete`` (model published with a manifest), ``incomplete upload`` (model files
 but no manifest), ``checkpointed`` (training checkpoints only: running, failed or interrupted).
+A search (``<root>/<name>/tune-<id>/``) is listed as ``search``, with its best trial's verdict.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 from orchestrator.storage import MANIFEST, Location, list_keys, read_text
 
 COMPLETE, INCOMPLETE, CHECKPOINTED, EMPTY = "complete", "incomplete upload", "checkpointed", "empty"
+SEARCH = "search"
 
 
 def status_of(keys: set[str]) -> str:
+    if "results.md" in keys:
+        return SEARCH
     if f"model/{MANIFEST}" in keys:
         return COMPLETE
     if any(k.startswith("model/") for k in keys):
@@ -36,7 +40,7 @@ def describe(run: Location, keys: set[str]) -> dict[str, Any]:
     }
     if "summary.json" in keys:
         summary = json.loads(read_text(run.join("summary.json")))
-        verdict = summary.get("verdict", {})
+        verdict = summary.get("verdict") or {}
         row.update(
             spec_hash=summary.get("spec_hash"),
             steps=summary.get("steps"),

@@ -154,3 +154,30 @@ def test_a_finished_search_is_not_run_again(search):
     assert [(r.trial, r.status, r.metric) for r in again.rows] == [
         (r.trial, r.status, r.metric) for r in result.rows
     ]
+
+
+def test_an_optuna_search_samples_and_publishes_its_best(
+    ray_cluster, tiny_model, corpora, tmp_path
+):
+    pytest.importorskip("optuna")
+    from orchestrator import tune
+
+    raw = search_spec(tiny_model, corpora, tmp_path)
+    raw["train"].update(max_steps=4, checkpoint_every=4)
+    raw["tune"] = {
+        "metric": "mrr@10",
+        "search": "optuna",
+        "scheduler": "fifo",
+        "num_samples": 2,
+        "space": {
+            "train.lr": {"loguniform": [1e-3, 1e-2]},
+            "loss.temperature": {"choice": [0.05, 0.1]},
+        },
+    }
+    result = tune(raw)
+    assert len(result.rows) == 2
+    assert all(row.status == "completed" and row.steps == 4 for row in result.rows)
+    assert all(1e-3 <= row.params["train.lr"] <= 1e-2 for row in result.rows)
+    assert result.rows[0].metric >= result.rows[1].metric
+    finetuned = result.best.summary["finetuned"]["mrr@10"]
+    assert finetuned == pytest.approx(result.rows[0].metric, abs=1e-4)

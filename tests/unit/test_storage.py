@@ -109,13 +109,17 @@ def test_runs_list_tells_complete_incomplete_and_checkpointed(where, bucket, s3_
     _fake_run(root, "qs", "aaa", {"summary.json": json.dumps(summary), "model/manifest.json": "{}"})
     _fake_run(root, "qs", "bbb", {"model/config.json": "{}"})
     _fake_run(root, "qs", "ccc", {"checkpoint_1/meta.json": '{"step": 10}'})
+    search = {"verdict": summary["verdict"], "trials": []}
+    _fake_run(root, "qs", "tune-ddd", {"summary.json": json.dumps(search), "results.md": "|"})
 
     rows = {r["run_id"]: r for r in list_runs(root)}
     assert {k: r["status"] for k, r in rows.items()} == {
         "aaa": "complete",
         "bbb": "incomplete upload",
         "ccc": "checkpointed",
+        "tune-ddd": "search",
     }
+    assert rows["tune-ddd"]["finetuned"] == 0.85
     assert rows["aaa"]["finetuned"] == 0.85 and rows["aaa"]["steps"] == 40
     assert show_run(root.join("qs", "aaa"))["summary"]["spec_hash"] == "f" * 64
 
