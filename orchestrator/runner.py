@@ -282,6 +282,7 @@ def finish(
     target = location.join("model")
     summary.update(ray.get(task.remote(spec_json, model_path, checkpoint, target, summary)))
     timings = {**timings, "export_and_eval": time.time() - t0}
+    timings["total"] = sum(timings.values())  # the phases; `run` replaces it with wall time
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
 

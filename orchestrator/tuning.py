@@ -355,7 +355,7 @@ def _publish(
             data.reports,
             baseline,
             resumed_from_step=0,
-            timings={"data": data.seconds},
+            timings={"data": data.seconds, "train": row.time_s or 0.0},
         )
         write_text(location.join("summary.json"), json.dumps(summary, indent=2))
     return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
