@@ -50,9 +50,10 @@ def load_retrieval_set(spec: ExperimentSpec, seed: int = 0):
 
 
 def build_evaluator(
-    spec: ExperimentSpec, truncate_dim: int | None = None
+    spec: ExperimentSpec, retrieval_set: tuple, truncate_dim: int | None = None
 ) -> InformationRetrievalEvaluator:
-    queries, corpus, relevant = load_retrieval_set(spec)
+    """The held-out evaluator over ``retrieval_set`` (from :func:`load_retrieval_set`)."""
+    queries, corpus, relevant = retrieval_set
     ks = sorted(set(spec.eval.k_values) | {10})
     return InformationRetrievalEvaluator(
         queries=queries,
@@ -78,9 +79,9 @@ def evaluate(model: SentenceTransformer, spec: ExperimentSpec) -> dict[str, floa
     Each of ``eval.matryoshka_dims`` adds the same metrics on truncated embeddings, named
     ``dim<d>/ndcg@10``.
     """
-    metrics = {}
+    metrics, retrieval_set = {}, load_retrieval_set(spec)
     for dim in [None, *spec.eval.matryoshka_dims]:
         prefix = f"dim{dim}/" if dim else ""
-        raw = build_evaluator(spec, dim)(model)  # keys like "heldout_cosine_ndcg@10"
+        raw = build_evaluator(spec, retrieval_set, dim)(model)  # "heldout_cosine_ndcg@10", ...
         metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
     return metrics

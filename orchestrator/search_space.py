@@ -80,7 +80,7 @@ def check_space(base: ExperimentSpec) -> list[ExperimentSpec]:
     space = base.tune.space
     ok, seen, reasons = set(), set(), {}
     valid = []
-    combos = _combinations(space, base.tune.seed or base.train.seed)
+    combos = _combinations(space, base.tune.sampler_seed(base.train.seed))
     for params in combos:
         items = {(path, json.dumps(value, sort_keys=True)) for path, value in params.items()}
         seen |= items

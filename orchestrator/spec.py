@@ -340,6 +340,10 @@ SEARCHABLE = re.compile(
 )
 
 
+#: The kinds of search domain, as they are written in a spec.
+DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
 class SearchDomain(_Section):
     """One search dimension: exactly one of choice, grid, uniform, loguniform or randint."""
 
@@ -358,9 +362,7 @@ class SearchDomain(_Section):
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchDomain:
-        kinds = [
-            k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k)
-        ]
+        kinds = [k for k in DOMAIN_KINDS if getattr(self, k)]
         if len(kinds) != 1:
             raise ValueError("give exactly one of choice, grid, uniform, loguniform, randint")
         bounds = self.uniform or self.loguniform or self.randint
@@ -372,9 +374,7 @@ class SearchDomain(_Section):
 
     @property
     def kind(self) -> str:
-        return next(
-            k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k)
-        )
+        return next(k for k in DOMAIN_KINDS if getattr(self, k))
 
     def candidates(self) -> list[Any]:
         """Values to check before anything runs: every listed value, or both ends of a range."""
@@ -422,6 +422,9 @@ class TuneSpec(_Section):
         default=None, description="Stop starting and running trials after this many seconds."
     )
     seed: int | None = Field(default=None, description="Sampler seed; None: train.seed.")
+
+    def sampler_seed(self, train_seed: int) -> int:
+        return self.seed if self.seed is not None else train_seed
 
     def trial_params(self, config: dict[str, Any]) -> dict[str, Any]:
         """The sampled values that apply to a trial: one whose ``when`` fails is dropped."""

@@ -63,7 +63,7 @@ def _status(result, metrics: dict[str, Any]) -> tuple[str, str]:
         return "not started", ""
     if metrics.get("step", 0) >= metrics.get("total_steps", math.inf):
         return "completed", ""
-    return "stopped early", "ASHA: behind the other trials at an evaluation"
+    return "stopped early", "by ASHA (behind at an evaluation) or the time budget"
 
 
 def _number(value: Any) -> float | None:

@@ -132,13 +132,11 @@ def expected_trials(spec: TuneSpec) -> int:
 
 def _tune_domain(domain: SearchDomain):
     values = domain.candidates()
-    return {
-        "choice": lambda: ray_tune.choice(values),
-        "grid": lambda: ray_tune.grid_search(values),
-        "uniform": lambda: ray_tune.uniform(*values),
-        "loguniform": lambda: ray_tune.loguniform(*values),
-        "randint": lambda: ray_tune.randint(values[0], values[1] + 1),  # Tune's high is exclusive
-    }[domain.kind]()
+    if domain.kind in ("choice", "grid"):
+        return ray_tune.choice(values) if domain.kind == "choice" else ray_tune.grid_search(values)
+    if domain.kind == "randint":
+        return ray_tune.randint(values[0], values[1] + 1)  # Tune's high is exclusive
+    return getattr(ray_tune, domain.kind)(*values)  # uniform, loguniform
 
 
 def _optuna_space(space: dict[str, SearchDomain], trial) -> None:
@@ -164,7 +162,7 @@ def _search_setup(base: ExperimentSpec, concurrency: int) -> tuple[dict[str, Any
     groups wait for CPUs until Ray Train times them out.
     """
     spec = base.tune
-    seed = spec.seed if spec.seed is not None else base.train.seed
+    seed = spec.sampler_seed(base.train.seed)
     if spec.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
@@ -351,7 +349,7 @@ def _publish(
             spec,
             model_path,
             checkpoint_at(folder),
-            meta.get("metrics", meta),
+            meta["metrics"],
             data.reports,
             baseline,
             resumed_from_step=0,
