@@ -31,7 +31,9 @@ def search_spec(tiny_model, corpora, root: Path) -> dict:
     for source in spec["data"]["sources"].values():
         source["path"] = os.path.relpath(source["path"])
     spec["data"]["eval"] = {k: os.path.relpath(v) for k, v in spec["data"]["eval"].items()}
-    spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1, "cpus_per_data_task": 0.25}
+    # Half a CPU per trial: on 2 CPUs a trial still starts if an earlier test's Ray Train run
+    # has not yet given back its placement group (seen after a worker-group restart).
+    spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 0.5, "cpus_per_data_task": 0.25}
     spec["train"].update(max_steps=8, eval_every=2, checkpoint_every=4, log_every=2)
     spec["tune"] = {
         "metric": "ndcg@10",
