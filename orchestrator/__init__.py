@@ -1,7 +1,9 @@
 """Ray-based experiment orchestrator for fine-tuning text-embedding models.
 
-from orchestrator import load_spec, run
-result = run(load_spec("experiments/quickstart.yaml"))
+from orchestrator import run, submit
+result = run("experiments/quickstart.yaml")  # here, on a local Ray
+handle = submit("experiments/quickstart.yaml", address="http://127.0.0.1:8265")  # a cluster
+result = handle.result()
 """
 
 from orchestrator.spec import ExperimentSpec, SpecError, load_spec
@@ -15,6 +17,7 @@ __all__ = [
     "prepare",
     "pull",
     "run",
+    "submit",
     "tune",
     "validate",
 ]
@@ -47,6 +50,23 @@ def tune(spec, overrides: list[str] | None = None, fresh: bool = False):
     from orchestrator.tuning import tune as _tune
 
     return _tune(spec, overrides, fresh)
+
+
+def submit(
+    spec,
+    overrides: list[str] | None = None,
+    address: str | None = None,
+    command: str | None = None,
+    env: dict[str, str] | None = None,
+):
+    """Check ``spec`` here, run it on the Ray cluster at ``address``; a ``JobHandle``.
+
+    ``handle.status()``, ``.logs()``, ``.wait()``, ``.result()`` (summary and model location);
+    see ``jobs.submit``.
+    """
+    from orchestrator.jobs import submit as _submit
+
+    return _submit(spec, overrides, address, command, env)
 
 
 def evaluate(model_path: str, spec) -> dict[str, float]:

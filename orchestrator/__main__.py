@@ -69,6 +69,32 @@ def _runs(args: argparse.Namespace) -> None:
         print(json.dumps(show_run(location), indent=2))
 
 
+def _submit(args: argparse.Namespace) -> int:
+    import orchestrator
+    from orchestrator.estimate import estimate
+    from orchestrator.jobs import submit
+
+    bad = [item for item in args.env if "=" not in item]
+    if bad:
+        raise SpecError([f"--env {item}: expected NAME=VALUE" for item in bad], "submission")
+    spec = orchestrator.validate(args.spec, args.overrides)
+    print(f"{args.spec}: valid (run id {spec.run_id})")
+    for line in estimate(spec).lines(spec.train.batch_size):
+        print(line)
+    command = "tune" if args.tune else "run" if args.run else None
+    env = dict(item.split("=", 1) for item in args.env)
+    handle = submit(spec, address=args.address, command=command, env=env)
+    size = handle.submission.shipped_bytes / 2**20
+    print(f"submitted job {handle.job_id} ({size:.1f} MiB of inputs shipped)")
+    print(f"dashboard: {handle.dashboard_url}")
+    if not args.follow:
+        print(f"follow:    ray job logs --address {handle.address} --follow {handle.job_id}")
+        return 0
+    status = handle.follow()
+    print(f"job {handle.job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--fresh", action="store_true", help="delete this search's earlier state first")
+    p = sub.add_parser("submit", help="check a spec here, then run it on a Ray cluster as a job")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--address", help="the cluster's dashboard URL (default: $RAY_ADDRESS or local)")
+    p.add_argument("--tune", action="store_true", help="submit the search (default: if tune: set)")
+    p.add_argument("--run", action="store_true", help="submit one run even if tune: is set")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="no secrets")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
@@ -115,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from, args.fresh))
         elif args.command == "tune":
             _print_search(orchestrator.tune(args.spec, args.overrides, args.fresh))
+        elif args.command == "submit":
+            return _submit(args)
         elif args.command == "prepare" and args.list:
             _print_known()
         elif args.command == "prepare":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,9 @@ from ray.train.torch import TorchTrainer
 from orchestrator.assets import resolve_model
 from orchestrator.data.sources import SourceReport, read_sources
 from orchestrator.data.tokenize import tokenize_batch
+from orchestrator.estimate import total_steps
 from orchestrator.losses import negatives_per_query
+from orchestrator.monitor import Display, RunMonitor, interactive_display, read_history
 from orchestrator.preflight import preflight
 from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.storage import (
@@ -40,11 +43,13 @@ from orchestrator.storage import (
     list_keys,
     read_text,
     remove_tree,
+    write_bytes,
     write_text,
 )
 from orchestrator.train_loop import META_FILE, train_loop_per_worker
 
 log = logging.getLogger("orchestrator")
+REPORT_FILE = "report.html"
 
 
 @dataclass
@@ -81,12 +86,6 @@ class RunResult:
 
 def run_location(spec: ExperimentSpec) -> Location:
     return Location.of(spec.storage).join(spec.name, spec.run_id)
-
-
-def total_steps(spec: ExperimentSpec, rows: dict[str, int]) -> int:
-    if spec.train.max_steps:
-        return spec.train.max_steps
-    return max(1, math.ceil(spec.train.epochs * sum(rows.values()) / spec.train.batch_size))
 
 
 def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -> ray.data.Dataset:
@@ -217,7 +216,8 @@ def run(
     start = Location(resume_from, *location.connection) if resume_from else None
     resumed_from = checkpoint_step(start) if start else latest_step(location)
     steps = total_steps(spec, data.rows)
-    result = build_trainer(spec, model_path, steps, data.datasets, start).fit()
+    display = interactive_display()
+    result = build_trainer(spec, model_path, steps, data.datasets, start, display=display).fit()
     train_s = time.time() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
@@ -233,7 +233,7 @@ def run(
         timings=timings,
     )
     summary["timings_s"]["total"] = round(time.time() - started, 2)
-    write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+    write_outputs(location, summary)
     return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
 
 
@@ -287,6 +287,25 @@ def finish(
     return summary
 
 
+def write_outputs(run: Location, summary: dict[str, Any]) -> None:
+    """A finished run's own files: ``summary.json``, ``report.html`` and TensorBoard logs."""
+    import tempfile
+
+    from orchestrator.report import render_html, write_tensorboard
+
+    write_text(run.join("summary.json"), json.dumps(summary, indent=2))
+    history = read_history(run)
+    write_text(run.join(REPORT_FILE), render_html(history, summary))
+    with tempfile.TemporaryDirectory() as scratch:
+        if write_tensorboard(history, Path(scratch)) is None:
+            log.info("tensorboardX is not installed: no TensorBoard logs for this run")
+            return
+        for path in Path(scratch).rglob("*"):
+            if path.is_file():
+                target = run.join("tensorboard", str(path.relative_to(scratch)))
+                write_bytes(target, path.read_bytes())
+
+
 def build_trainer(
     spec: ExperimentSpec,
     model_path: str,
@@ -294,7 +313,16 @@ def build_trainer(
     datasets: dict[str, ray.data.Dataset],
     start: Location | None,
     callbacks: list | None = None,
+    display: Display = "none",
 ) -> TorchTrainer:
+    """The run's ``TorchTrainer``; every report feeds a :class:`RunMonitor` and ``callbacks``.
+
+    ``display`` is how the monitor shows progress (a search shows Tune's table instead).
+    """
+    # Ray Train moves workers into a scratch folder by default; keep the driver's working
+    # directory, which the spec's relative paths (and a job's shipped inputs) are relative to.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    monitor = RunMonitor(spec.run_id, spec.name, run_location(spec), display)
     storage_path, filesystem = arrow_storage(Location.of(spec.storage).join(spec.name))
     return TorchTrainer(
         train_loop_per_worker,
@@ -318,7 +346,7 @@ def build_trainer(
             storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
-            callbacks=callbacks,
+            callbacks=[monitor, *(callbacks or [])],
         ),
         datasets=datasets,
         # Every rank reads whole sources in a fixed order and takes its slice of each global

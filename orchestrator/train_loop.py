@@ -102,6 +102,11 @@ def _chain(digest: str, rows: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _token_count(rows: dict[str, np.ndarray]) -> int:
+    """Non-padding tokens in one batch: the unpadded token-id lists of every text column."""
+    return sum(len(ids) for sequences in rows.values() for ids in sequences)
+
+
 def _gather(value: Any, world: int) -> list[Any]:
     if world == 1:
         return [value]
@@ -186,12 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     source_steps = dict(meta.get("source_steps", {}))
     pairs_seen = meta.get("pairs_seen", 0)
-    running_loss, window_steps, window_start, data_wait = (
-        torch.zeros((), device=device),
-        0,
-        time.perf_counter(),
-        0.0,
-    )
+    running_loss = torch.zeros((), device=device)
+    window_steps, window_tokens, window_start, data_wait = 0, 0, time.perf_counter(), 0.0
     hard = 0
     encoder.train()
     while step < total_steps:
@@ -199,6 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         fetch_start = time.perf_counter()
         source, rows = mixed.next(step)
         digest = _chain(digest, rows)
+        window_tokens += _token_count(rows)
         queries, passages, n_docs = collate(rows, pad_id)
         data_wait += time.perf_counter() - fetch_start
         hard = n_docs - 1
@@ -237,6 +239,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "lr": scheduler.get_last_lr()[0],
             "pairs_seen": pairs_seen,
             "pairs_per_s": window_steps * batch * world / elapsed,
+            "tokens_per_s": window_tokens / elapsed,  # this rank's; the monitor sums ranks
             "step_time_s": elapsed / window_steps,
             "data_wait_fraction": data_wait / elapsed,
             "negatives_per_query": negatives_per_query(spec.loss, batch, world, hard),
@@ -259,7 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save = rng_states if checkpoint_now and rank == 0 else None
         _report(metrics, save, model, optimizer, scheduler, mixed, storage)
         running_loss.zero_()
-        window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
+        window_steps, window_tokens, window_start, data_wait = 0, 0, time.perf_counter(), 0.0
 
 
 def _upload_verified(

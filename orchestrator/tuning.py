@@ -43,6 +43,7 @@ from orchestrator.runner import (
     prepare_data,
     run_location,
     total_steps,
+    write_outputs,
 )
 from orchestrator.search_space import check_space, trial_spec
 from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
@@ -355,5 +356,5 @@ def _publish(
             resumed_from_step=0,
             timings={"data": data.seconds, "train": row.time_s or 0.0},
         )
-        write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+        write_outputs(location, summary)
     return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)

@@ -36,6 +36,7 @@ FILE, LINE, PROBLEM = "_file", "_line", "_problem"
 EXTENSIONS = {"jsonl": ["jsonl", "json"], "parquet": ["parquet"], "csv": ["csv", "tsv"]}
 BLOCK_ROWS = 8192
 REPORTED_EXAMPLES = 5
+Parsed = tuple[int, Any, str | None]
 
 
 def canonical_columns(source: Source) -> dict[str, str]:
@@ -64,6 +65,30 @@ def problem_with(record: Any, mapping: dict[str, str]) -> str | None:
     return None
 
 
+def parse_records(data: bytes, file_format: str, delimiter: str = ",") -> Iterator[Parsed]:
+    """(line or row number, record, parse problem) for every row of one file's bytes."""
+    if file_format == "parquet":
+        table = pq.read_table(pa.BufferReader(data))
+        for number, record in enumerate(table.to_pylist(), start=1):
+            yield number, record, None
+        return
+    # Bad bytes show up as U+FFFD (reported as garbled); a BOM (Excel's "CSV UTF-8") goes.
+    text = data.decode("utf-8-sig", errors="replace")
+    if file_format == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        for record in reader:
+            yield reader.line_num, record, None
+        return
+    # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085 inside JSON strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+
+
 class PairFileDatasource(FileBasedDatasource):
     """Reads JSONL, CSV or Parquet files into canonical columns plus file/line/problem tags."""
 
@@ -74,32 +99,10 @@ class PairFileDatasource(FileBasedDatasource):
         self._delimiter = getattr(source, "delimiter", ",")
         self._scheme = "s3://" if source.path.startswith("s3://") else ""  # for reports
 
-    def _records(self, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
-        """(line or row number, record, parse problem) for every row of one file."""
-        if self._format == "parquet":
-            table = pq.read_table(pa.BufferReader(data), columns=None)
-            for number, record in enumerate(table.to_pylist(), start=1):
-                yield number, record, None
-            return
-        # Bad bytes show up as U+FFFD (reported as garbled); a BOM (Excel's "CSV UTF-8") goes.
-        text = data.decode("utf-8-sig", errors="replace")
-        if self._format == "csv":
-            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=self._delimiter)
-            for record in reader:
-                yield reader.line_num, record, None
-            return
-        # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085 inside JSON strings.
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
-
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         rows: dict[str, list] = {c: [] for c in [*self._mapping, FILE, LINE, PROBLEM]}
-        for number, record, problem in self._records(f.readall()):
+        records = parse_records(f.readall(), self._format, self._delimiter)
+        for number, record, problem in records:
             problem = problem or problem_with(record, self._mapping)
             for canonical, column in self._mapping.items():
                 value = None if problem else record[column]

@@ -1,0 +1,154 @@
+"""What a run will do, told on the laptop before it is submitted: rows, steps, pairs, tokens.
+
+Reads the local sources with the same parser and row checks as the cluster's reader and
+tokenizes a sample with the base model's tokenizer, so a spec that would train for 3 steps
+or 40 epochs is noticed before it queues for GPUs. Sources in object storage are not
+downloaded for this: their rows show as unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.assets import resolve_model
+from orchestrator.data.sources import (
+    EXTENSIONS,
+    canonical_columns,
+    parse_records,
+    problem_with,
+    resolve_paths,
+)
+from orchestrator.losses import negatives_per_query
+from orchestrator.spec import ExperimentSpec
+
+SAMPLE_ROWS = 512
+
+
+@dataclass
+class SourceEstimate:
+    name: str
+    rows: int | None  # usable rows; None for remote sources
+    bad_rows: int | None
+    share: float  # expected fraction of steps drawn from this source
+    tokens_per_row: float | None  # mean non-padding tokens of anchor + positive + negatives
+
+
+@dataclass
+class Estimate:
+    sources: list[SourceEstimate]
+    steps: int | None
+    pairs: int | None
+    negatives_per_query: int
+    tokens: int | None
+
+    def epochs(self, source: SourceEstimate, batch_size: int) -> float | None:
+        """How many times the run goes through ``source`` (a mixture may repeat a source)."""
+        if self.steps is None or not source.rows:
+            return None
+        return self.steps * source.share * batch_size / source.rows
+
+    def lines(self, batch_size: int) -> list[str]:
+        """Human-readable lines, e.g. for ``orchestrator submit``."""
+
+        def fmt(value: float | None, spec: str = ",") -> str:
+            return "unknown" if value is None else format(value, spec)
+
+        out = [
+            f"steps {fmt(self.steps)} x batch {batch_size} = {fmt(self.pairs)} pairs, "
+            f"~{fmt(self.tokens)} tokens, {self.negatives_per_query} negatives per query"
+        ]
+        for s in self.sources:
+            out.append(
+                f"  {s.name}: {fmt(s.rows)} rows ({fmt(s.bad_rows)} bad), "
+                f"{s.share:.0%} of steps, {fmt(self.epochs(s, batch_size), '.2f')} epochs, "
+                f"~{fmt(s.tokens_per_row, '.0f')} tokens/row"
+            )
+        return out
+
+
+def total_steps(spec: ExperimentSpec, rows: dict[str, int]) -> int:
+    """``train.max_steps``, or enough steps for ``train.epochs`` over all usable rows."""
+    if spec.train.max_steps:
+        return spec.train.max_steps
+    return max(1, math.ceil(spec.train.epochs * sum(rows.values()) / spec.train.batch_size))
+
+
+def estimate(spec: ExperimentSpec) -> Estimate:
+    tokenizer = _tokenizer(spec)
+    weights = {name: source.weight for name, source in spec.data.sources.items()}
+    sources = []
+    for name, source in spec.data.sources.items():
+        share = weights[name] / sum(weights.values())
+        if source.path.startswith("s3://"):
+            sources.append(SourceEstimate(name, None, None, share, None))
+            continue
+        rows, bad, sample = _count(source)
+        tokens = _mean_tokens(spec, tokenizer, sample)
+        sources.append(SourceEstimate(name, rows, bad, share, tokens))
+    known = all(s.rows is not None for s in sources)
+    steps = (
+        total_steps(spec, {s.name: s.rows for s in sources})
+        if known or spec.train.max_steps
+        else None
+    )
+    batch = spec.train.batch_size
+    tokens = None
+    if steps is not None and all(s.tokens_per_row is not None for s in sources):
+        tokens = round(sum(steps * s.share * batch * s.tokens_per_row for s in sources))
+    hard = len(next(iter(spec.data.sources.values())).columns.negatives)
+    return Estimate(
+        sources=sources,
+        steps=steps,
+        pairs=steps * batch if steps is not None else None,
+        negatives_per_query=negatives_per_query(
+            spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, hard
+        ),
+        tokens=tokens,
+    )
+
+
+def _count(source) -> tuple[int, int, list[list[str]]]:
+    """(usable rows, bad rows, the texts of the first usable rows) of a local source."""
+    mapping = canonical_columns(source)
+    rows = bad = 0
+    sample: list[list[str]] = []
+    for path in resolve_paths(source.path):
+        for file in _files(Path(path), EXTENSIONS[source.format]):
+            for _, record, problem in parse_records(
+                file.read_bytes(), source.format, getattr(source, "delimiter", ",")
+            ):
+                if problem or problem_with(record, mapping):
+                    bad += 1
+                    continue
+                rows += 1
+                if len(sample) < SAMPLE_ROWS:
+                    sample.append([record[column] for column in mapping.values()])
+    if source.max_rows:
+        rows = min(rows, source.max_rows)
+    return rows, bad, sample
+
+
+def _files(path: Path, extensions: list[str]) -> list[Path]:
+    """A file, or a folder's files with the format's extensions (as Ray Data reads them)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix[1:] in extensions)
+
+
+def _tokenizer(spec: ExperimentSpec):
+    """The base model's tokenizer, if the model is on this machine (else no token counts)."""
+    from orchestrator.data.tokenize import load_tokenizer
+
+    path = resolve_model(spec.model.base, fetch=False)
+    return load_tokenizer(path) if Path(path).is_dir() else None
+
+
+def _mean_tokens(spec: ExperimentSpec, tokenizer, sample: list[list[str]]) -> float | None:
+    if tokenizer is None or not sample:
+        return None
+    prompts = [spec.model.query_prompt] + [spec.model.passage_prompt] * (len(sample[0]) - 1)
+    texts = [prompt + text for row in sample for prompt, text in zip(prompts, row, strict=True)]
+    ids = tokenizer(texts, truncation=True, max_length=spec.model.max_seq_length)["input_ids"]
+    return sum(map(len, ids)) / len(sample)

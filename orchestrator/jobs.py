@@ -1,0 +1,306 @@
+"""Submit a spec to a Ray cluster as a Ray job, and follow it from a terminal or a notebook.
+
+``submit`` checks the spec on this machine first (a bad spec never reaches the cluster), then
+ships exactly what the job needs through the job's runtime environment:
+
+- a working directory with the spec (overrides applied) and the local files it reads —
+  sources, held-out set, a base model given as a folder — with the spec's paths rewritten to
+  those copies; ``s3://`` paths and known model names are left for the cluster to read;
+- this machine's ``orchestrator`` package as a ``py_module``, so the cluster runs the code
+  you have, on top of the dependencies its image has installed;
+- non-secret settings only. Credentials never travel in a runtime environment (anyone who
+  can see the job in the dashboard can read it): the nodes get them from their instance
+  role or ``~/.aws``, as ``storage`` documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlparse
+
+import orchestrator
+from orchestrator.assets import KNOWN_MODELS
+from orchestrator.spec import ExperimentSpec, SpecError
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+    from orchestrator.runner import RunResult
+
+log = logging.getLogger("orchestrator")
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+#: Ray's working-directory uploads go through one gRPC message (512 MiB); stay well below.
+MAX_SHIPPED_BYTES = 400 * 2**20
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE|(^|_)KEY$|SESSION", re.I)
+#: Settings of this machine that the job should see too (when set here).
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AWS_DEFAULT_REGION", "AWS_REGION")
+FINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class JobFailedError(RuntimeError):
+    """A submitted job ended without succeeding; the message ends with its last log lines."""
+
+
+@dataclass
+class Submission:
+    """What ``submit`` sends: the job's command, runtime environment and (rewritten) spec."""
+
+    spec: ExperimentSpec
+    command: str  # "run" or "tune"
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    shipped_bytes: int
+
+
+def default_address() -> str:
+    """``$RAY_ADDRESS`` when it is a dashboard URL, else the local dashboard."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    return address if address.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+
+
+def is_loopback(address: str) -> bool:
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_env(env: dict[str, str]) -> None:
+    """Refuse variables that look like secrets: a runtime environment is not a secret store."""
+    secret = sorted(name for name in env if SECRET_NAME.search(name))
+    if secret:
+        raise SpecError(
+            [
+                f"--env {name}: looks like a secret. A job's runtime_env is shown to anyone "
+                "who can open the Ray dashboard; give the cluster its credentials through its "
+                "nodes (instance role, ~/.aws, a Kubernetes secret)"
+                for name in secret
+            ],
+            "submission",
+        )
+
+
+def stage(
+    spec: ExperimentSpec, folder: Path, command: str, env: dict[str, str] | None = None
+) -> Submission:
+    """Write the job's working directory into ``folder`` and describe the submission."""
+    env = dict(env or {})
+    check_env(env)
+    raw = spec.model_dump(mode="json")
+    for name, source in raw["data"]["sources"].items():
+        source["path"] = _ship(source["path"], folder, f"inputs/sources/{name}")
+    for key in ("corpus", "queries", "qrels"):
+        raw["data"]["eval"][key] = _ship(raw["data"]["eval"][key], folder, f"inputs/eval/{key}")
+    base = raw["model"]["base"]
+    if base not in KNOWN_MODELS and Path(base).expanduser().is_dir():
+        raw["model"]["base"] = _ship(base, folder, "inputs/model", as_folder=True)
+    if "://" not in raw["storage"]["uri"]:
+        raw["storage"]["uri"] = str(Path(raw["storage"]["uri"]).expanduser().resolve())
+    staged = ExperimentSpec.model_validate(raw)
+    (folder / "spec.yaml").write_text(staged.to_yaml())
+    shipped = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    if shipped > MAX_SHIPPED_BYTES:
+        raise SpecError(
+            [
+                f"the local files this spec reads come to {shipped / 2**20:.0f} MiB, more than "
+                f"a job can carry ({MAX_SHIPPED_BYTES / 2**20:.0f} MiB): put the sources in "
+                "object storage and name their s3:// URIs"
+            ],
+            f"spec {spec.name!r}",
+        )
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", **forwarded, **env}
+    package = Path(orchestrator.__file__).parent
+    return Submission(
+        spec=staged,
+        command=command,
+        entrypoint=f"python -m orchestrator {command} spec.yaml",
+        runtime_env={
+            "working_dir": str(folder),
+            "py_modules": [str(package)],
+            "env_vars": env_vars,
+            "excludes": ["__pycache__"],
+        },
+        shipped_bytes=shipped,
+    )
+
+
+def _ship(path: str, folder: Path, target: str, as_folder: bool = False) -> str:
+    """Copy a local file, folder or glob's files under ``folder/target``; the new relative path.
+
+    Remote paths stay as they are. Files are hard-linked where possible: the upload reads them
+    once, and nothing is copied on the same disk.
+    """
+    if "://" in path:
+        return path
+    source = Path(path).expanduser()
+    destination = folder / target
+    if as_folder or source.is_dir():
+        shutil.copytree(source, destination, copy_function=_link_or_copy)
+        return target
+    matches = [Path(m) for m in sorted(glob.glob(path, recursive=True))] or [source]
+    destination.mkdir(parents=True)
+    for index, match in enumerate(matches):
+        name = match.name if len(matches) == 1 else f"{index:04d}-{match.name}"
+        _link_or_copy(str(match), str(destination / name))
+    return f"{target}/{matches[0].name}" if len(matches) == 1 else target
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def client(address: str) -> JobSubmissionClient:
+    """A job client; it sends Ray's auth token when ``RAY_AUTH_MODE=token`` is set here."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+class JobHandle:
+    """A submitted run or search: ask for its status, logs and result, or wait for it."""
+
+    def __init__(
+        self, job_client: JobSubmissionClient, job_id: str, address: str, submission: Submission
+    ) -> None:
+        self.client, self.job_id, self.address = job_client, job_id, address.rstrip("/")
+        self.submission = submission
+
+    @property
+    def spec(self) -> ExperimentSpec:
+        return self.submission.spec
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"{self.address}/#/jobs/{self.job_id}"
+
+    def status(self) -> str:
+        """``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED`` or ``STOPPED``."""
+        return str(self.client.get_job_status(self.job_id).value)
+
+    def logs(self) -> str:
+        """Everything the job has printed so far."""
+        return self.client.get_job_logs(self.job_id)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 2.0) -> str:
+        """Block until the job ends; its final status. ``TimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (status := self.status()) not in FINAL_STATES:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.job_id} still {status} after {timeout:.0f}s")
+            time.sleep(poll_s)
+        return status
+
+    def follow(self, out: TextIO = sys.stdout) -> str:
+        """Stream the job's logs to ``out`` until it ends; its final status."""
+
+        async def stream() -> None:
+            async for lines in self.client.tail_job_logs(self.job_id):
+                out.write(lines)
+                out.flush()
+
+        asyncio.run(stream())
+        return self.wait()
+
+    def stop(self) -> bool:
+        return self.client.stop_job(self.job_id)
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        """Wait, then the run's summary and model location (a search: its best trial's).
+
+        Read from the run's storage, so it works from any machine that can reach it.
+        """
+        status = self.wait(timeout)
+        if status != "SUCCEEDED":
+            tail = "\n".join(self.logs().splitlines()[-20:])
+            raise JobFailedError(f"job {self.job_id} {status}; its last log lines:\n{tail}")
+        return read_result(self.spec, self.submission.command)
+
+    def __repr__(self) -> str:
+        return (
+            f"JobHandle({self.spec.name!r} {self.submission.command}, job {self.job_id}, "
+            f"{self.status()}, {self.dashboard_url})"
+        )
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<b>{escape(self.spec.name)}</b> ({self.submission.command}) — job "
+            f"<code>{escape(self.job_id)}</code>: <b>{escape(self.status())}</b> — "
+            f'<a href="{escape(self.dashboard_url)}" target="_blank">Ray dashboard</a>'
+        )
+
+
+def read_result(spec: ExperimentSpec, command: str) -> RunResult:
+    """A finished run's ``RunResult`` from its storage; for a search, its best trial's."""
+    import json
+
+    from orchestrator.runner import RunResult, run_location
+    from orchestrator.storage import Location, read_text
+
+    run = run_location(spec)
+    if command == "tune":
+        from orchestrator.tuning import tune_location
+
+        search = json.loads(read_text(tune_location(spec).join("summary.json")))
+        if not search["best_run_uri"]:
+            raise JobFailedError(f"search {spec.name!r} finished without a best trial")
+        run = Location(search["best_run_uri"], *run.connection)
+    summary = json.loads(read_text(run.join("summary.json")))
+    return RunResult(summary["run_id"], run.uri, summary["model_uri"], summary)
+
+
+def submit(
+    spec: ExperimentSpec | str | Path | dict,
+    overrides: list[str] | None = None,
+    address: str | None = None,
+    command: str | None = None,
+    env: dict[str, str] | None = None,
+) -> JobHandle:
+    """Validate ``spec`` here, then run it on the cluster at ``address`` as a Ray job.
+
+    ``command`` is ``run`` or ``tune`` (default: ``tune`` when the spec has a ``tune``
+    section). ``env`` adds non-secret environment variables for the job.
+    """
+    spec = orchestrator.validate(spec, overrides)
+    command = command or ("tune" if spec.tune else "run")
+    if command not in ("run", "tune"):
+        raise ValueError(f"command must be 'run' or 'tune', not {command!r}")
+    if command == "tune" and not spec.tune:
+        raise SpecError(["tune: a search needs a tune section"], f"spec {spec.name!r}")
+    address = address or default_address()
+    if "://" not in spec.storage.uri and not is_loopback(address):
+        log.warning(
+            "storage.uri %s is a local folder: the outputs stay on the cluster node that runs "
+            "the job; use s3:// to reach them from here",
+            spec.storage.uri,
+        )
+    job_client = client(address)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-job-") as folder:
+        submission = stage(spec, Path(folder), command, env)
+        job_id = job_client.submit_job(
+            entrypoint=submission.entrypoint,
+            runtime_env=submission.runtime_env,
+            submission_id=_job_id(submission.spec, command),
+            metadata={"experiment": spec.name, "run_id": submission.spec.run_id},
+        )
+    return JobHandle(job_client, job_id, address, submission)
+
+
+def _job_id(spec: ExperimentSpec, command: str) -> str:
+    """Readable and unique: ``quickstart-run-3f2a9c1d-20261123-101500``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{spec.name}-{command}-{spec.run_id[:8]}-{stamp}"

@@ -1,0 +1,107 @@
+"""What a run shows while it trains: a progress bar, Ray metrics, and ``history.jsonl``.
+
+One Ray Train callback does all three because all three need the same thing: every report,
+in order, in one place. It runs in Ray Train's controller (not in the workers), so the
+training loop stays free of printing, metric and storage calls. The bar is Ray's
+``tqdm_ray``, which the driver draws with ``tqdm.auto``: a terminal bar, a notebook widget.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Literal
+
+from ray.train import UserCallback
+
+from orchestrator.storage import Location, read_text, write_text
+from orchestrator.telemetry import EVAL_PREFIX
+
+HISTORY_FILE = "history.jsonl"
+Display = Literal["bar", "log", "none"]
+
+
+def run_report(worker_reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report for the run: rank 0's, with tokens/s summed over all workers."""
+    report = dict(worker_reports[0])
+    if all("tokens_per_s" in r for r in worker_reports):
+        report["tokens_per_s"] = sum(r["tokens_per_s"] for r in worker_reports)
+    return report
+
+
+def read_history(run: Location) -> list[dict[str, Any]]:
+    """The reports of a run so far (empty for a run that has not reported yet)."""
+    try:
+        text = read_text(run.join(HISTORY_FILE))
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def describe(report: dict[str, Any]) -> str:
+    """``loss 0.412 · 35.1 pairs/s``, plus the evaluation metrics of an evaluation report."""
+    parts = [f"loss {report['loss']:.3f}", f"{report['pairs_per_s']:.1f} pairs/s"]
+    parts += [
+        f"{k.removeprefix(EVAL_PREFIX)} {v:.4f}"
+        for k, v in report.items()
+        if k.startswith(EVAL_PREFIX)
+    ]
+    return " · ".join(parts)
+
+
+def interactive_display() -> Display:
+    """A bar in a terminal or a notebook; a line per report elsewhere (a job's logs)."""
+    return "bar" if sys.stderr.isatty() or "ipykernel" in sys.modules else "log"
+
+
+class RunMonitor(UserCallback):
+    """Progress (``display``), ``ray.util.metrics`` gauges and the run's ``history.jsonl``.
+
+    ``display``: ``bar`` draws a progress bar, ``log`` prints a line per report, ``none``
+    shows nothing (a search, whose progress is Tune's table).
+
+    The history survives restarts and resumes: reports of steps that a restarted attempt
+    trains again replace the old ones, so the file always describes the model being trained.
+    """
+
+    def __init__(self, run_id: str, experiment: str, run: Location, display: Display) -> None:
+        self.run_id, self.experiment, self.run, self.display = run_id, experiment, run, display
+        self._history: list[dict[str, Any]] | None = None
+        self._attempt: tuple[int, int] | None = None
+        self._telemetry = self._bar = None
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        report = run_report(metrics)
+        self._append(report)
+        if self._telemetry is None:  # created here, in the controller process
+            from orchestrator.telemetry import TrainingTelemetry
+
+            self._telemetry = TrainingTelemetry(self.run_id, self.experiment)
+        self._telemetry.record(report)
+        self._show(report)
+
+    def _append(self, report: dict[str, Any]) -> None:
+        if self._history is None:
+            self._history = read_history(self.run)
+        attempt = (report["resumed_from_step"], report["restores"])
+        if attempt != self._attempt:  # a new attempt: drop what it will train again
+            self._attempt = attempt
+            self._history = [r for r in self._history if r["step"] <= attempt[0]]
+        self._history.append(report)
+        lines = "".join(json.dumps(r) + "\n" for r in self._history)
+        write_text(self.run.join(HISTORY_FILE), lines)
+
+    def _show(self, report: dict[str, Any]) -> None:
+        step, total = report["step"], report["total_steps"]
+        if self.display == "log":  # printed: the controller's stdout reaches the job's logs
+            print(f"{self.experiment} step {step}/{total}: {describe(report)}", flush=True)
+        if self.display != "bar":
+            return
+        if self._bar is None:
+            from ray.experimental import tqdm_ray
+
+            self._bar = tqdm_ray.tqdm(total=total, desc=self.experiment, unit="step")
+        self._bar.n = step
+        self._bar.set_description(f"{self.experiment} {describe(report)}")
+        if step >= total:
+            self._bar.close()

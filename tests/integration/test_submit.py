@@ -1,0 +1,140 @@
+"""From a laptop to a cluster: a real ``ray start --head`` with token auth, real jobs.
+
+The same tiny spec goes in through Ray's own ``ray job submit`` and through
+``orchestrator submit --follow``; while the latter trains, the head's Prometheus endpoint
+must serve every metric the Grafana dashboard charts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster import RAY, Head, get, ray_head
+from tests.conftest import tiny_spec_dict
+from tests.ray_metrics import GPU_ONLY_METRICS, dashboard_metric_names, scrape
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def head() -> Head:
+    with ray_head() as started:
+        yield started
+
+
+@pytest.fixture
+def job_spec(tiny_model, corpora, tmp_path) -> Path:
+    """The tiny spec as a file, one worker, a step per report; storage in tmp_path."""
+    spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
+    spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1, "cpus_per_data_task": 0.25}
+    spec["train"].update(max_steps=6, checkpoint_every=3, eval_every=3)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _only_run(storage: Path) -> Path:
+    (run,) = [p.parent for p in storage.glob("tiny/*/summary.json")]
+    return run
+
+
+def _check_outputs(run: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert all(r["tokens_per_s"] > 0 for r in history)
+    assert "eval/ndcg@10" in history[2] and "eval/ndcg@10" in history[5]
+    report = (run / "report.html").read_text()
+    assert "data:image/png;base64," in report and summary["run_id"] in report
+    model = SentenceTransformer(str(run / "model"), device="cpu")
+    assert model.encode(["what color is the car"]).shape == (1, 32)
+
+
+def test_the_job_api_refuses_requests_without_the_token(head):
+    assert get(f"{head.address}/api/jobs/") == 401
+    assert get(f"{head.address}/api/jobs/", "not-the-token") == 403
+    assert get(f"{head.address}/api/jobs/", head.token) == 200
+
+
+def test_ray_job_submit_runs_a_spec(head, job_spec, tmp_path):
+    job = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            f"--address={head.address}",
+            f"--working-dir={REPO}",
+            "--",
+            "python",
+            "-m",
+            "orchestrator",
+            "run",
+            str(job_spec),
+        ],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout.lower()
+    _check_outputs(_only_run(tmp_path / "runs"))
+
+
+def test_orchestrator_submit_follows_the_job_and_exports_metrics(head, job_spec, tmp_path):
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch_metrics() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):  # the endpoint may be between exports
+                seen.update(scrape(head.metrics_url))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch_metrics, daemon=True)
+    watcher.start()
+    cli = [sys.executable, "-m", "orchestrator", "submit", str(job_spec)]
+    job = subprocess.run(
+        [*cli, f"--address={head.address}", "--follow", "--env", "EXPERIMENT_NOTE=ci"],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    done.set()
+    watcher.join()
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, out[-4000:]
+    assert "steps 6 x batch 8 = 48 pairs" in out
+    assert f"dashboard: {head.address}/#/jobs/tiny-run-" in out
+    assert job.stdout.rstrip().endswith("SUCCEEDED")
+    _check_outputs(_only_run(tmp_path / "runs"))
+
+    charted = dashboard_metric_names(REPO / "dashboards" / "orchestrator.json")
+    missing = charted - seen - GPU_ONLY_METRICS
+    assert not missing, f"charted but never exported: {sorted(missing)}"
+
+
+def test_submit_refuses_secrets_and_bad_specs_before_anything_starts(head, job_spec):
+    cli = [sys.executable, "-m", "orchestrator", "submit", str(job_spec)]
+    cli.append(f"--address={head.address}")
+    secret = subprocess.run(
+        [*cli, "--env", "AWS_SECRET_ACCESS_KEY=x"], env=head.env, capture_output=True, text=True
+    )
+    assert secret.returncode == 2 and "AWS_SECRET_ACCESS_KEY: looks like a secret" in secret.stderr
+    bad = subprocess.run([*cli, "train.lr=-1"], env=head.env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "train.lr" in bad.stderr
+    assert "submitted job" not in secret.stdout + bad.stdout
