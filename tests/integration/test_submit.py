@@ -138,3 +138,35 @@ def test_submit_refuses_secrets_and_bad_specs_before_anything_starts(head, job_s
     bad = subprocess.run([*cli, "train.lr=-1"], env=head.env, capture_output=True, text=True)
     assert bad.returncode == 2 and "train.lr" in bad.stderr
     assert "submitted job" not in secret.stdout + bad.stdout
+
+
+def test_the_example_notebook_submits_waits_and_reads_the_result(
+    head, job_spec, tmp_path, monkeypatch
+):
+    import nbclient
+    import nbformat
+
+    for name, value in {
+        **head.env,
+        "NOTEBOOK_SPEC": str(job_spec),
+        "RAY_ADDRESS": head.address,
+    }.items():
+        monkeypatch.setenv(name, value)  # the kernel inherits them
+    notebook = nbformat.read(REPO / "docs" / "submit.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, timeout=400, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
+    client.execute()
+
+    outputs = {
+        i: "".join(
+            o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in c.outputs
+        )
+        for i, c in enumerate(notebook.cells)
+        if c.cell_type == "code"
+    }
+    text = "\n".join(outputs.values())
+    assert "steps 6 x batch 8 = 48 pairs" in text
+    assert "JobHandle('tiny' run, job tiny-run-" in text
+    assert "SUCCEEDED" in text and "| ndcg@10 |" in text and "(1, 32)" in text
+    _check_outputs(_only_run(tmp_path / "runs"))

@@ -1,0 +1,100 @@
+"""What ``submit`` ships: the spec with rewritten paths, its local inputs, no secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import jobs
+from orchestrator.preflight import preflight
+from orchestrator.spec import ExperimentSpec, SpecError, load_spec
+from tests.conftest import tiny_spec_dict
+
+
+@pytest.fixture
+def spec(tiny_model, corpora, tmp_path) -> ExperimentSpec:
+    raw = tiny_spec_dict(tiny_model, corpora, tmp_path)
+    raw["storage"]["uri"] = "relative-runs"
+    raw["data"]["sources"]["more"]["path"] = str(corpora["root"] / "*.jsonl")  # a glob
+    return ExperimentSpec.model_validate(raw)
+
+
+def test_the_job_folder_holds_the_spec_and_every_local_input(spec, corpora, tmp_path, monkeypatch):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    submission = jobs.stage(spec, folder, "run")
+    staged = yaml.safe_load((folder / "spec.yaml").read_text())
+    sources = staged["data"]["sources"]
+    assert sources["colors"]["path"] == "inputs/sources/colors/colors.jsonl"
+    assert sources["more"]["path"] == "inputs/sources/more"  # the glob's files, in a folder
+    assert sorted(p.name for p in (folder / "inputs/sources/more").iterdir()) == [
+        "0000-colors.jsonl",
+        "0001-more.jsonl",
+    ]
+    assert staged["data"]["eval"]["qrels"] == "inputs/eval/qrels/qrels.tsv"
+    assert staged["model"]["base"] == "inputs/model"
+    assert (folder / "inputs/model/modules.json").is_file()
+    assert staged["storage"]["uri"] == str(tmp_path / "relative-runs")  # made absolute
+    shipped = folder / "inputs/sources/colors/colors.jsonl"
+    assert os.path.samefile(shipped, corpora["colors"])  # hard-linked, not copied
+    assert submission.entrypoint == "python -m orchestrator run spec.yaml"
+    assert submission.runtime_env["working_dir"] == str(folder)
+    assert Path(submission.runtime_env["py_modules"][0], "jobs.py").is_file()
+    # On the cluster the job runs in its copy of the folder: the spec is complete there.
+    monkeypatch.chdir(folder)
+    preflight(load_spec("spec.yaml"))
+
+
+def test_remote_paths_and_known_models_are_left_to_the_cluster(spec, tmp_path):
+    raw = spec.model_dump(mode="json")
+    raw["data"]["sources"]["colors"]["path"] = "s3://corpora/colors.jsonl"
+    raw["model"]["base"] = "all-MiniLM-L6-v2"
+    raw["storage"]["uri"] = "s3://runs"
+    submission = jobs.stage(ExperimentSpec.model_validate(raw), tmp_path, "tune")
+    assert submission.spec.data.sources["colors"].path == "s3://corpora/colors.jsonl"
+    assert submission.spec.model.base == "all-MiniLM-L6-v2"
+    assert submission.spec.storage.uri == "s3://runs"
+    assert submission.entrypoint == "python -m orchestrator tune spec.yaml"
+
+
+def test_credentials_never_travel_in_the_runtime_env(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    submission = jobs.stage(spec, tmp_path, "run", env={"EXPERIMENT_NOTE": "baseline"})
+    env_vars = submission.runtime_env["env_vars"]
+    assert env_vars["HF_HUB_OFFLINE"] == "1" and env_vars["EXPERIMENT_NOTE"] == "baseline"
+    assert "s3cr3t" not in repr(submission.runtime_env)
+    for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "DB_PASSWORD", "API_KEY", "AWS_SESSION"):
+        with pytest.raises(SpecError, match=f"--env {name}: looks like a secret"):
+            jobs.stage(spec, tmp_path / name, "run", env={name: "x"})
+
+
+def test_inputs_too_large_for_a_job_are_refused(spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "MAX_SHIPPED_BYTES", 1024)
+    with pytest.raises(SpecError, match="more than a job can carry"):
+        jobs.stage(spec, tmp_path, "run")
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("http://127.0.0.1:8265", True),
+        ("http://localhost:8265", True),
+        ("127.0.0.1:8265", True),
+        ("http://10.0.0.5:8265", False),
+        ("https://ray.example.com", False),
+    ],
+)
+def test_loopback_addresses(address, loopback):
+    assert jobs.is_loopback(address) is loopback
+
+
+def test_default_address_reads_ray_address_only_when_it_is_a_dashboard_url(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.5:8265")
+    assert jobs.default_address() == "http://10.0.0.5:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # a GCS address: not the job API
+    assert jobs.default_address() == jobs.DEFAULT_ADDRESS

@@ -1,0 +1,64 @@
+"""The run monitor's history: one report per step, kept right across restarts and resumes."""
+
+from __future__ import annotations
+
+from orchestrator.monitor import RunMonitor, describe, read_history, run_report
+from orchestrator.storage import Location
+
+
+def report(step: int, resumed_from: int = 0, restores: int = 0, **extra) -> dict:
+    return {
+        "step": step,
+        "total_steps": 6,
+        "loss": 1.0 / step,
+        "pairs_per_s": 10.0,
+        "tokens_per_s": 100.0,
+        "resumed_from_step": resumed_from,
+        "restores": restores,
+        **extra,
+    }
+
+
+def monitor(tmp_path) -> RunMonitor:
+    return RunMonitor("run1", "tiny", Location(str(tmp_path / "run")), display="none")
+
+
+def test_the_run_report_is_rank_zeros_with_tokens_summed_over_workers():
+    merged = run_report([report(3, **{"eval/ndcg@10": 0.5}), report(3)])
+    assert merged["tokens_per_s"] == 200.0
+    assert merged["eval/ndcg@10"] == 0.5 and merged["pairs_per_s"] == 10.0
+
+
+def test_history_is_written_after_every_report(tmp_path):
+    m = monitor(tmp_path)
+    for step in (1, 2, 3):
+        m._append(report(step))
+        assert [r["step"] for r in read_history(m.run)] == list(range(1, step + 1))
+
+
+def test_a_restart_replaces_the_steps_it_trains_again(tmp_path):
+    m = monitor(tmp_path)
+    for step in (1, 2, 3, 4):
+        m._append(report(step))
+    # Worker failure after step 4; Ray Train restarts from the checkpoint of step 2.
+    m._append(report(3, resumed_from=2, restores=1, loss=0.9))
+    history = read_history(m.run)
+    assert [r["step"] for r in history] == [1, 2, 3]
+    assert history[-1]["restores"] == 1
+
+
+def test_a_resumed_run_in_a_new_process_continues_the_file(tmp_path):
+    first = monitor(tmp_path)
+    for step in (1, 2, 3):
+        first._append(report(step))
+    second = monitor(tmp_path)  # `orchestrator run` again: resumes from the step-2 checkpoint
+    second._append(report(3, resumed_from=2))
+    second._append(report(4, resumed_from=2))
+    assert [r["step"] for r in read_history(second.run)] == [1, 2, 3, 4]
+
+
+def test_describe_shows_loss_throughput_and_evaluations():
+    assert describe(report(2)) == "loss 0.500 · 10.0 pairs/s"
+    assert describe(report(2, **{"eval/ndcg@10": 0.71234})) == (
+        "loss 0.500 · 10.0 pairs/s · ndcg@10 0.7123"
+    )
