@@ -15,7 +15,6 @@ ships exactly what the job needs through the job's runtime environment:
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import logging
 import os
@@ -205,16 +204,22 @@ class JobHandle:
             time.sleep(poll_s)
         return status
 
-    def follow(self, out: TextIO = sys.stdout) -> str:
-        """Stream the job's logs to ``out`` until it ends; its final status."""
+    def follow(self, out: TextIO = sys.stdout, poll_s: float = 1.0) -> str:
+        """Copy the job's logs to ``out`` as they grow until it ends; its final status.
 
-        async def stream() -> None:
-            async for lines in self.client.tail_job_logs(self.job_id):
-                out.write(lines)
-                out.flush()
-
-        asyncio.run(stream())
-        return self.wait()
+        Polls rather than tailing Ray's websocket: that needs an event loop of its own,
+        which a notebook's running loop does not allow.
+        """
+        shown = 0
+        while True:
+            status = self.status()  # before the logs, so nothing printed last is missed
+            logs = self.logs()
+            out.write(logs[shown:])
+            out.flush()
+            shown = len(logs)
+            if status in FINAL_STATES:
+                return status
+            time.sleep(poll_s)
 
     def stop(self) -> bool:
         return self.client.stop_job(self.job_id)

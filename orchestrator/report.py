@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.export import HEADLINE
+from orchestrator.plots import new_axes, to_png
 from orchestrator.telemetry import EVAL_PREFIX
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    pass
 
 
 _CSS = """
@@ -219,38 +218,14 @@ def _figures(history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str
     return {title: png for title, png in figures.items() if png is not None}
 
 
-def _axes() -> tuple[Figure, Axes]:
-    """A small figure on its own Agg canvas.
-
-    Built without pyplot: nothing global to close or leak, thread-safe, and the caller's
-    backend (a notebook's inline one, say) is never switched to Agg behind its back.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 3), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.set_xlabel("step")
-    axes.grid(alpha=0.3)
-    return figure, axes
-
-
-def _png(figure: Figure) -> bytes:
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def _loss_png(history: list[dict[str, Any]]) -> bytes | None:
     steps, values = _points(history, "loss")
     if not steps:
         return None
-    figure, axes = _axes()
+    figure, axes = new_axes()
     axes.plot(steps, values)
     axes.set_ylabel("training loss")
-    return _png(figure)
+    return to_png(figure)
 
 
 def _eval_png(history: list[dict[str, Any]], summary: dict[str, Any], metric: str) -> bytes | None:
@@ -262,7 +237,7 @@ def _eval_png(history: list[dict[str, Any]], summary: dict[str, Any], metric: st
     steps, values = _points(history, f"{EVAL_PREFIX}{metric}")
     if not steps:
         return None
-    figure, axes = _axes()
+    figure, axes = new_axes()
     axes.plot(steps, values, marker="o", label="during training")
     if metric in summary["baseline"]:
         base = summary["baseline"][metric]
@@ -273,7 +248,7 @@ def _eval_png(history: list[dict[str, Any]], summary: dict[str, Any], metric: st
         axes.plot([final_step], [tuned], "r*", markersize=12, label=f"fine-tuned {tuned:.4f}")
     axes.set_ylabel(metric)
     axes.legend(fontsize=8, loc="best")
-    return _png(figure)
+    return to_png(figure)
 
 
 def _throughput_png(history: list[dict[str, Any]]) -> bytes | None:
@@ -281,7 +256,7 @@ def _throughput_png(history: list[dict[str, Any]]) -> bytes | None:
     steps, pairs = _points(history, "pairs_per_s")
     if not steps:
         return None
-    figure, axes = _axes()
+    figure, axes = new_axes()
     axes.plot(steps, pairs, color="tab:blue")
     axes.set_ylabel("pairs / s", color="tab:blue")
     token_steps, tokens = _points(history, "tokens_per_s")
@@ -289,7 +264,7 @@ def _throughput_png(history: list[dict[str, Any]]) -> bytes | None:
         right = axes.twinx()
         right.plot(token_steps, tokens, color="tab:orange")
         right.set_ylabel("tokens / s", color="tab:orange")
-    return _png(figure)
+    return to_png(figure)
 
 
 def _data_wait_png(history: list[dict[str, Any]]) -> bytes | None:
@@ -297,8 +272,8 @@ def _data_wait_png(history: list[dict[str, Any]]) -> bytes | None:
     steps, values = _points(history, "data_wait_fraction")
     if not steps:
         return None
-    figure, axes = _axes()
+    figure, axes = new_axes()
     axes.plot(steps, values)
     axes.set_ylim(0, 1)
     axes.set_ylabel("data-wait fraction")
-    return _png(figure)
+    return to_png(figure)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.plots import new_axes, to_png
 from orchestrator.spec import SpecError
 from orchestrator.storage import Location, write_bytes, write_text
 
@@ -160,27 +161,16 @@ def to_markdown(rows: list[TrialRow], baseline: float, spec: ExperimentSpec) -> 
 
 def plot_history(rows: list[TrialRow], baseline: float, metric: str) -> bytes:
     """PNG: the metric at each evaluation, one line per trial, the base model dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = new_axes(size=(8, 5), dpi=110)
     for r in rows:
         if r.history:
             steps, values = zip(*r.history, strict=True)
             label = f"{r.trial} {' '.join(f'{k}={_cell(v)}' for k, v in r.params.items())}"
             ax.plot(steps, values, marker="o", label=label[:70])
     ax.axhline(baseline, linestyle="--", color="gray", label="base model")
-    ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return to_png(fig)
 
 
 def write_report(

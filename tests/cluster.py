@@ -2,15 +2,17 @@
 
 Separate from the session's ``ray.init`` instance: its own ports, temp dir and token, so the
 job API, its authentication and the metrics endpoint are exercised as a laptop sees them.
-``ray start --block`` ties the head's processes to one child process: terminating it stops
-this cluster only (``ray stop`` would stop every Ray on the machine).
+``ray start --block`` in a session of its own ties the head's processes to one process group:
+signalling it stops this cluster only (``ray stop`` would stop every Ray on the machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -98,7 +100,9 @@ def ray_head(num_cpus: int = 2, timeout_s: float = 120) -> Iterator[Head]:
     # Export metrics every second (default 10 s) so a short job is seen on the endpoint.
     head_env = {**env, "RAY_metrics_report_interval_ms": "1000"}
     with log.open("w") as out:
-        process = subprocess.Popen(command, env=head_env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -109,9 +113,16 @@ def ray_head(num_cpus: int = 2, timeout_s: float = 120) -> Iterator[Head]:
         metrics_url = f"http://127.0.0.1:{ports['metrics-export-port']}/metrics"
         yield Head(address, metrics_url, token, env, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the head's process group (raylet, GCS, workers); SIGKILL what is left after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

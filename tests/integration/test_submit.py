@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import yaml
@@ -32,15 +33,20 @@ def head() -> Head:
         yield started
 
 
-@pytest.fixture
-def job_spec(tiny_model, corpora, tmp_path) -> Path:
-    """The tiny spec as a file, one worker, a step per report; storage in tmp_path."""
-    spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
+def write_job_spec(tiny_model: str, corpora: dict, folder: Path) -> Path:
+    """The tiny spec as a file, one worker, a step per report; runs stored under ``folder``."""
+    spec = tiny_spec_dict(tiny_model, corpora, folder)
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1, "cpus_per_data_task": 0.25}
     spec["train"].update(max_steps=6, checkpoint_every=3, eval_every=3)
-    path = tmp_path / "job.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture
+def job_spec(tiny_model, corpora, tmp_path) -> Path:
+    return write_job_spec(tiny_model, corpora, tmp_path)
 
 
 def _only_run(storage: Path) -> Path:
@@ -69,32 +75,16 @@ def test_the_job_api_refuses_requests_without_the_token(head):
     assert get(f"{head.address}/api/jobs/", head.token) == 200
 
 
-def test_ray_job_submit_runs_a_spec(head, job_spec, tmp_path):
-    job = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            f"--address={head.address}",
-            f"--working-dir={REPO}",
-            "--",
-            "python",
-            "-m",
-            "orchestrator",
-            "run",
-            str(job_spec),
-        ],
-        env=head.env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    assert "succeeded" in job.stdout.lower()
-    _check_outputs(_only_run(tmp_path / "runs"))
-
-
-def test_orchestrator_submit_follows_the_job_and_exports_metrics(head, job_spec, tmp_path):
+def test_ray_job_submit_and_orchestrator_submit_run_a_spec_side_by_side(
+    head, tiny_model, corpora, tmp_path
+):
+    """Both ways in at once (the test suite's time); the metrics endpoint is read meanwhile."""
+    with_ray = write_job_spec(tiny_model, corpora, tmp_path / "ray-cli")
+    with_ours = write_job_spec(tiny_model, corpora, tmp_path / "orchestrator-cli")
+    ray_cli = [RAY, "job", "submit", f"--address={head.address}", f"--working-dir={REPO}"]
+    ray_cli += ["--", "python", "-m", "orchestrator", "run", str(with_ray)]
+    ours = [sys.executable, "-m", "orchestrator", "submit", str(with_ours)]
+    ours += [f"--address={head.address}", "--follow", "--env", "EXPERIMENT_NOTE=ci"]
     seen: set[str] = set()
     done = threading.Event()
 
@@ -106,22 +96,23 @@ def test_orchestrator_submit_follows_the_job_and_exports_metrics(head, job_spec,
 
     watcher = threading.Thread(target=watch_metrics, daemon=True)
     watcher.start()
-    cli = [sys.executable, "-m", "orchestrator", "submit", str(job_spec)]
-    job = subprocess.run(
-        [*cli, f"--address={head.address}", "--follow", "--env", "EXPERIMENT_NOTE=ci"],
-        env=head.env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    jobs = [
+        subprocess.Popen(command, env=head.env, stdout=PIPE, stderr=PIPE, text=True)
+        for command in (ray_cli, ours)
+    ]
+    (ray_out, ray_err), (our_out, our_err) = (job.communicate(timeout=600) for job in jobs)
     done.set()
     watcher.join()
-    out = job.stdout + job.stderr
-    assert job.returncode == 0, out[-4000:]
-    assert "steps 6 x batch 8 = 48 pairs" in out
-    assert f"dashboard: {head.address}/#/jobs/tiny-run-" in out
-    assert job.stdout.rstrip().endswith("SUCCEEDED")
-    _check_outputs(_only_run(tmp_path / "runs"))
+
+    assert jobs[0].returncode == 0, ray_out[-3000:] + ray_err[-3000:]
+    assert "succeeded" in ray_out.lower()
+    _check_outputs(_only_run(tmp_path / "ray-cli" / "runs"))
+
+    assert jobs[1].returncode == 0, our_out[-3000:] + our_err[-3000:]
+    assert "steps 6 x batch 8 = 48 pairs" in our_out
+    assert f"dashboard: {head.address}/#/jobs/tiny-run-" in our_out
+    assert our_out.rstrip().endswith("SUCCEEDED")
+    _check_outputs(_only_run(tmp_path / "orchestrator-cli" / "runs"))
 
     charted = dashboard_metric_names(REPO / "dashboards" / "orchestrator.json")
     missing = charted - seen - GPU_ONLY_METRICS
