@@ -149,8 +149,13 @@ def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
 
 
 def ensure_ray() -> None:
+    """Connect to the Ray of ``$RAY_ADDRESS`` (a job's cluster) or start a local one.
+
+    A local instance serves its dashboard on 127.0.0.1 only: the job API runs code for
+    whoever reaches it.
+    """
     if not ray.is_initialized():
-        ray.init(log_to_driver=True, configure_logging=False)
+        ray.init(log_to_driver=True, configure_logging=False, dashboard_host="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset: too chatty
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,20 @@ def load_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, di
     return state, meta
 
 
+def _quiet_report_lines() -> None:
+    """Drop Ray Train's INFO line per report: each report's whole metrics dict, every rank.
+
+    The run monitor shows each report in a line or a progress bar instead. Ray logs those
+    lines under a logger named by its source file, so ``LoggingConfig`` does not reach them.
+    """
+    with suppress(ImportError):
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    _quiet_report_lines()
     spec = ExperimentSpec.model_validate(config["spec"])
     total_steps: int = config["total_steps"]
     context = ray.train.get_context()
