@@ -301,6 +301,7 @@ def write_outputs(run: Location, summary: dict[str, Any]) -> None:
     write_text(run.join("summary.json"), json.dumps(summary, indent=2))
     history = read_history(run)
     write_text(run.join(REPORT_FILE), render_html(history, summary))
+    remove_tree(run.join("tensorboard"))  # a rerun's events would repeat every scalar
     with tempfile.TemporaryDirectory() as scratch:
         if write_tensorboard(history, Path(scratch)) is None:
             log.info("tensorboardX is not installed: no TensorBoard logs for this run")

@@ -30,6 +30,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.assets import resolve_model
 from orchestrator.errors import SearchInterrupted
+from orchestrator.estimate import total_steps
 from orchestrator.preflight import preflight
 from orchestrator.runner import (
     PreparedData,
@@ -42,7 +43,6 @@ from orchestrator.runner import (
     latest_checkpoint,
     prepare_data,
     run_location,
-    total_steps,
     write_outputs,
 )
 from orchestrator.search_space import check_space, trial_spec
