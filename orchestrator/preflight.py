@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 from pathlib import Path
 
 from orchestrator.assets import KNOWN_MODELS, resolve_model
 from orchestrator.spec import ExperimentSpec, SpecError
 
+log = logging.getLogger("orchestrator")
 _PREPARE_HINT = "run `python -m orchestrator prepare` to fetch the offline data and models"
 
 
@@ -40,7 +42,7 @@ def embedding_dim(model_path: str) -> int | None:
 
 
 def preflight(spec: ExperimentSpec) -> list[str]:
-    """Raise :class:`SpecError` for problems that would fail a run; return warnings."""
+    """Raise :class:`SpecError` for problems that would fail a run; log and return warnings."""
     problems, warnings = [], []
     for name, source in spec.data.sources.items():
         if not _exists(source.path):
@@ -73,4 +75,27 @@ def preflight(spec: ExperimentSpec) -> list[str]:
             problems.append(f"{field}: {max(dims)} exceeds the model's embedding size {dim}")
     if problems:
         raise SpecError(problems, f"spec {spec.name!r}")
+    warnings += temperature_warnings(spec)
+    for warning in warnings:
+        log.warning(warning)
     return warnings
+
+
+def temperature_warnings(spec: ExperimentSpec) -> list[str]:
+    """A τ far (over 2x) from the one the base model was trained with, for contrastive losses.
+
+    A model learned its similarity scale at that τ; training far from it first spends steps
+    undoing the scale (a much lower τ) or flattens the softmax over negatives (a higher one).
+    """
+    known = KNOWN_MODELS.get(spec.model.base)
+    tau = getattr(spec.loss, "temperature", None)
+    if known is None or known.trained_temperature is None or tau is None:
+        return []
+    ratio = tau / known.trained_temperature
+    if 0.5 <= ratio <= 2:
+        return []
+    return [
+        f"loss.temperature: {tau} is {ratio:.2g}x the τ {spec.model.base} was trained with "
+        f"({known.trained_temperature}, scale {1 / known.trained_temperature:.0f}); "
+        "expect the first steps to re-learn the similarity scale"
+    ]

@@ -353,3 +353,28 @@ def test_run_fails_before_starting_ray(tiny_spec, changes, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert next(iter(changes)).rsplit(".", 1)[0] in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("tau", "warned"), [(0.05, False), (0.02, True), (0.1, False), (0.2, True)]
+)
+def test_a_temperature_far_from_the_models_own_is_warned_about(tau, warned):
+    from orchestrator.preflight import temperature_warnings
+
+    spec = load_spec("experiments/quickstart.yaml", [f"loss.temperature={tau}"])
+    warnings = temperature_warnings(spec)
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings[0].startswith(f"loss.temperature: {tau} is ")
+        assert "all-MiniLM-L6-v2 was trained with (0.05, scale 20)" in warnings[0]
+
+
+def test_no_temperature_warning_without_a_known_trained_temperature():
+    from orchestrator.preflight import temperature_warnings
+
+    triplet = load_spec("experiments/tune-losses.yaml", ["loss={kind: triplet}", "tune=null"])
+    assert temperature_warnings(triplet) == []  # no τ
+    other = load_spec(
+        "experiments/quickstart.yaml", ["model.base=sre-MiniLM", "loss.temperature=0.5"]
+    )
+    assert temperature_warnings(other) == []
