@@ -1,4 +1,4 @@
-"""Command line: ``python -m orchestrator validate|run|tune|prepare|pull|runs|eval ...``."""
+"""Command line: ``python -m orchestrator validate|run|tune|submit|mine|prepare|pull|runs|eval``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,30 @@ def _runs(args: argparse.Namespace) -> None:
         print(json.dumps(show_run(location), indent=2))
 
 
+def _mine(args: argparse.Namespace) -> None:
+    import orchestrator
+    from orchestrator.mining import MiningConfig, mine
+
+    spec = orchestrator.validate(args.spec, args.overrides)
+    config = MiningConfig(
+        k=args.k,
+        candidates=args.candidates,
+        relative_margin=args.relative_margin,
+        absolute_margin=args.absolute_margin,
+        consistency_top_k=args.consistency_top_k,
+        model=args.model,
+    )
+    report = mine(spec, args.source, args.out, config)
+    for line in report.lines():
+        print(line)
+    if report.counts.kept == 0:
+        print(
+            "warning: no pair kept its negatives; a model that scores everything alike needs "
+            "smaller margins (--relative-margin, --absolute-margin) or a stronger --model",
+            file=sys.stderr,
+        )
+
+
 def _submit(args: argparse.Namespace) -> int:
     import orchestrator
     from orchestrator.estimate import estimate
@@ -121,6 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="submit one run even if tune: is set")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="no secrets")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p = sub.add_parser("mine", help="mine hard negatives for one source with the base model")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--source", required=True, help="the data.sources entry to mine for")
+    p.add_argument("--out", required=True, help="JSONL to write (+ .provenance.json)")
+    p.add_argument("--k", type=int, default=4, help="negatives per anchor")
+    p.add_argument("--candidates", type=int, default=30, help="top-N retrieved before filtering")
+    p.add_argument("--relative-margin", type=float, default=0.05)
+    p.add_argument("--absolute-margin", type=float)
+    p.add_argument("--consistency-top-k", type=int, help="keep pairs whose positive ranks top-k")
+    p.add_argument("--model", help="embed with this model instead of the spec's base model")
     p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
@@ -151,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_search(orchestrator.tune(args.spec, args.overrides, args.fresh))
         elif args.command == "submit":
             return _submit(args)
+        elif args.command == "mine":
+            _mine(args)
         elif args.command == "prepare" and args.list:
             _print_known()
         elif args.command == "prepare":

@@ -34,7 +34,7 @@ def load_encoder(model_path: str, spec: ModelSpec, device: str | torch.device = 
     if spec.pooling is not None:
         for idx, module in enumerate(model):
             if isinstance(module, Pooling):
-                dim = model.get_sentence_embedding_dimension()
+                dim = model.get_embedding_dimension()
                 model[idx] = Pooling(dim, pooling_mode=spec.pooling)
     prompts = {QUERY: spec.query_prompt, PASSAGE: spec.passage_prompt}
     model.prompts = {**model.prompts, **{k: v for k, v in prompts.items() if v}}
