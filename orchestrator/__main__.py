@@ -119,35 +119,33 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+def _spec_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand taking a spec and ``key.path=value`` overrides."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("spec")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="check a spec and the files it names; no Ray")
-    p.add_argument("spec")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p = _spec_command(sub, "validate", "check a spec and the files it names; no Ray")
     p.add_argument("--no-files", action="store_true", help="skip checks of paths and model")
-    p = sub.add_parser("run", help="run an experiment on Ray")
-    p.add_argument("spec")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p = _spec_command(sub, "run", "run an experiment on Ray")
     p.add_argument("--resume-from", help="checkpoint folder or s3:// URI to continue from")
     p.add_argument(
         "--fresh", action="store_true", help="delete this spec's earlier run first (no resume)"
     )
-    p = sub.add_parser("tune", help="search the spec's tune.space; continues an interrupted one")
-    p.add_argument("spec")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p = _spec_command(sub, "tune", "search the spec's tune.space; continues an interrupted one")
     p.add_argument("--fresh", action="store_true", help="delete this search's earlier state first")
-    p = sub.add_parser("submit", help="check a spec here, then run it on a Ray cluster as a job")
-    p.add_argument("spec")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p = _spec_command(sub, "submit", "check a spec here, then run it on a Ray cluster as a job")
     p.add_argument("--address", help="the cluster's dashboard URL (default: $RAY_ADDRESS or local)")
     p.add_argument("--tune", action="store_true", help="submit the search (default: if tune: set)")
     p.add_argument("--run", action="store_true", help="submit one run even if tune: is set")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="no secrets")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
-    p = sub.add_parser("mine", help="mine hard negatives for one source with the base model")
-    p.add_argument("spec")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p = _spec_command(sub, "mine", "mine hard negatives for one source with the base model")
     p.add_argument("--source", required=True, help="the data.sources entry to mine for")
     p.add_argument("--out", required=True, help="JSONL to write (+ .provenance.json)")
     p.add_argument("--k", type=int, default=4, help="negatives per anchor")
