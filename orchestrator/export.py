@@ -35,14 +35,20 @@ def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir:
 HEADLINE = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10")
 
 
+def compared(
+    summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE
+) -> list[tuple[str, float, float, float]]:
+    """(metric, base, fine-tuned, Δ) for the verdict's metric, then ``metrics``, both scored."""
+    base, tuned = summary["baseline"], summary["finetuned"]
+    names = dict.fromkeys((summary["verdict"]["metric"], *metrics))
+    return [(n, base[n], tuned[n], tuned[n] - base[n]) for n in names if n in base and n in tuned]
+
+
 def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE) -> str:
     """Markdown table of base vs fine-tuned: the verdict's metric first, then ``metrics``."""
-    base, tuned = summary["baseline"], summary["finetuned"]
     rows = ["| metric | base | fine-tuned | Δ |", "|---|---:|---:|---:|"]
-    for name in dict.fromkeys((summary["verdict"]["metric"], *metrics)):
-        if name in base and name in tuned:
-            delta = tuned[name] - base[name]
-            rows.append(f"| {name} | {base[name]:.4f} | {tuned[name]:.4f} | {delta:+.4f} |")
+    for name, base, tuned, delta in compared(summary, metrics):
+        rows.append(f"| {name} | {base:.4f} | {tuned:.4f} | {delta:+.4f} |")
     return "\n".join(rows)
 
 

@@ -15,7 +15,7 @@ import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.export import HEADLINE
+from orchestrator.export import HEADLINE, compared
 from orchestrator.plots import new_axes, to_png
 from orchestrator.telemetry import EVAL_PREFIX
 
@@ -134,31 +134,18 @@ def _verdict_html(verdict: dict[str, Any]) -> str:
     return f'<p class="verdict {css}">{_e(sentence)}</p>'
 
 
-def _compared_metrics(summary: dict[str, Any]) -> list[str]:
-    """Every metric both models were scored on: the verdict's, the headline ones, the rest.
-
-    Same order as :func:`orchestrator.export.comparison_table`, but complete (Matryoshka
-    dims included): the page has room that a model card has not.
-    """
-    base, tuned = summary["baseline"], summary["finetuned"]
-    names = dict.fromkeys((summary["verdict"]["metric"], *HEADLINE, *base))
-    return [name for name in names if name in base and name in tuned]
-
-
 def _delta_class(delta: float) -> str:
     return "up" if delta > 0 else "down" if delta < 0 else "same"
 
 
 def _comparison_html(summary: dict[str, Any]) -> str:
-    base, tuned = summary["baseline"], summary["finetuned"]
-    rows = []
-    for name in _compared_metrics(summary):
-        delta = tuned[name] - base[name]
-        rows.append(
-            f'<tr><td>{_e(name)}</td><td class="num">{base[name]:.4f}</td>'
-            f'<td class="num">{tuned[name]:.4f}</td>'
-            f'<td class="num {_delta_class(delta)}">{delta:+.4f}</td></tr>'
-        )
+    """Every metric both models were scored on (Matryoshka dims too), headline ones first."""
+    rows = [
+        f'<tr><td>{_e(name)}</td><td class="num">{base:.4f}</td>'
+        f'<td class="num">{tuned:.4f}</td>'
+        f'<td class="num {_delta_class(delta)}">{delta:+.4f}</td></tr>'
+        for name, base, tuned, delta in compared(summary, (*HEADLINE, *summary["baseline"]))
+    ]
     header = "<tr><th>metric</th><th>base</th><th>fine-tuned</th><th>Δ</th></tr>"
     return f'<table class="comparison">{header}{"".join(rows)}</table>'
 
