@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -30,7 +30,11 @@ from pydantic import (
 _CROSS_FIELD = "cross-field:\n"
 
 #: Canonical column names every source is mapped onto.
-ANCHOR, POSITIVE = "anchor", "positive"
+ANCHOR, POSITIVE, SCORE, LABEL = "anchor", "positive", "score", "label"
+
+#: The four shapes of training data, named by what a row holds besides (anchor, positive):
+#: nothing, hard-negative texts, a similarity score, or a 0/1 label.
+PAIRS, TRIPLETS, SCORED_PAIRS, LABELED_PAIRS = "pairs", "triplets", "scored_pairs", "labeled_pairs"
 
 
 class SpecError(ValueError):
@@ -88,16 +92,38 @@ EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_url)]
 
 
 class ColumnMap(_Section):
-    """Maps canonical columns onto a file's own column names."""
+    """Maps canonical columns onto a file's own column names; which are set gives the format.
+
+    pairs: anchor + positive. triplets: + ``negatives``. scored pairs: + ``score`` (a number;
+    ``positive`` is then simply the second text). labeled pairs: + ``label`` (1 similar, 0 not).
+    """
 
     anchor: str = ANCHOR
-    positive: str = POSITIVE
+    positive: str = Field(default=POSITIVE, description="The positive, or the second text.")
     negatives: list[str] = Field(
         default_factory=list, description="Zero or more hard-negative columns, in order."
     )
+    score: str | None = Field(default=None, description="Similarity score column (scored pairs).")
+    label: str | None = Field(default=None, description="0/1 label column (labeled pairs).")
+
+    @model_validator(mode="after")
+    def _one_format(self) -> ColumnMap:
+        extras = [k for k in ("negatives", "score", "label") if getattr(self, k)]
+        if len(extras) > 1:
+            raise ValueError(
+                f"a row is pairs + one of negatives, score or label; this map sets {extras}"
+            )
+        return self
+
+    @property
+    def format(self) -> str:
+        """pairs, triplets, scored_pairs or labeled_pairs."""
+        if self.negatives:
+            return TRIPLETS
+        return SCORED_PAIRS if self.score else LABELED_PAIRS if self.label else PAIRS
 
     def file_columns(self) -> list[str]:
-        return [self.anchor, self.positive, *self.negatives]
+        return [self.anchor, self.positive, *self.negatives, *filter(None, [self.score, self.label])]
 
 
 class _FileSource(_Section):
@@ -136,23 +162,128 @@ class RetrievalEvalSpec(_Section):
     qrels: str = Field(description="TSV with header: query-id, corpus-id, score.")
     max_queries: PositiveInt | None = None
 
+    def local_files(self) -> dict[str, str]:
+        return {key: getattr(self, key) for key in ("corpus", "queries", "qrels")}
+
+
+class _PairEvalSet(_Section):
+    """A held-out file of rows like the training rows: JSONL, CSV or Parquet (by its suffix)."""
+
+    path: str = Field(description="A local .jsonl/.json, .csv/.tsv or .parquet file.")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    max_rows: PositiveInt | None = None
+    #: Metric names this kind of set reports, each as ``<set name>/<metric>``.
+    metrics: ClassVar[tuple[str, ...]] = ()
+    #: The row format (see :class:`ColumnMap`) the file must have.
+    row_format: ClassVar[str] = PAIRS
+
+    @model_validator(mode="after")
+    def _columns_fit(self) -> _PairEvalSet:
+        if self.columns.format != self.row_format:
+            raise ValueError(
+                f"columns: a {self.kind} set needs {self.row_format} "
+                f"({_FORMAT_COLUMNS[self.row_format]}); these columns make {self.columns.format}"
+            )
+        if len(self.columns.negatives) > 1:
+            raise ValueError("columns.negatives: a triplet set compares one negative per row")
+        return self
+
+    @property
+    def file_format(self) -> str:
+        suffix = Path(self.path).suffix.lower()
+        return {".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
+
+    def local_files(self) -> dict[str, str]:
+        return {"path": self.path}
+
+
+class TripletEvalSet(_PairEvalSet):
+    """(anchor, positive, negative): is the positive closer to the anchor than the negative?"""
+
+    kind: Literal["triplets"]
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    row_format: ClassVar[str] = TRIPLETS
+
+
+class LabeledPairsEvalSet(_PairEvalSet):
+    """(text, text, 0/1): binary classification by cosine similarity, ROC AUC included."""
+
+    kind: Literal["labeled_pairs"]
+    metrics: ClassVar[tuple[str, ...]] = (
+        "roc_auc",
+        "ap",
+        "accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "mcc",
+    )
+    row_format: ClassVar[str] = LABELED_PAIRS
+
+
+class ScoredPairsEvalSet(_PairEvalSet):
+    """(text, text, score): Spearman/Pearson correlation of cosine similarity with the score."""
+
+    kind: Literal["scored_pairs"]
+    metrics: ClassVar[tuple[str, ...]] = ("spearman", "pearson")
+    row_format: ClassVar[str] = SCORED_PAIRS
+
+
+EvalSet = Annotated[
+    TripletEvalSet | LabeledPairsEvalSet | ScoredPairsEvalSet, Field(discriminator="kind")
+]
+
+_FORMAT_COLUMNS = {
+    PAIRS: "columns anchor, positive",
+    TRIPLETS: "columns.negatives",
+    SCORED_PAIRS: "columns.score",
+    LABELED_PAIRS: "columns.label",
+}
+
 
 class DataSpec(_Section):
     sources: dict[str, Source] = Field(min_length=1)
-    eval: RetrievalEvalSpec
+    eval: RetrievalEvalSpec | None = Field(
+        default=None, description="The held-out retrieval set; its metrics are ndcg@10, ..."
+    )
+    eval_sets: dict[str, EvalSet] = Field(
+        default_factory=dict,
+        description="More held-out sets by name (triplets, labeled_pairs, scored_pairs); "
+        "their metrics are <name>/<metric>, e.g. refutes/accuracy, labels/roc_auc.",
+    )
     on_bad_rows: Literal["skip", "fail"] = Field(
         default="skip",
         description="skip: drop broken rows and report them; fail: stop before training.",
     )
     shuffle_buffer: int = Field(default=1024, ge=0, description="Rows in the local shuffle buffer.")
 
-    @field_validator("sources")
+    @field_validator("sources", "eval_sets")
     @classmethod
-    def _names_are_identifiers(cls, sources: dict[str, Any]) -> dict[str, Any]:
-        for name in sources:
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
-                raise ValueError(f"source name {name!r} must start with a letter: [A-Za-z0-9_-]")
-        return sources
+    def _names_are_identifiers(cls, named: dict[str, Any]) -> dict[str, Any]:
+        for name in named:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or re.fullmatch(r"dim\d+", name):
+                raise ValueError(
+                    f"name {name!r} must start with a letter: [A-Za-z0-9_-] (and not be dim<N>)"
+                )
+        return named
+
+    @model_validator(mode="after")
+    def _has_evaluation(self) -> DataSpec:
+        if self.eval is None and not self.eval_sets:
+            raise ValueError(
+                "no held-out data: set data.eval (a retrieval set) and/or data.eval_sets"
+            )
+        return self
+
+    def eval_files(self) -> dict[str, str]:
+        """Dotted field path → local path of every held-out file."""
+        named = {"data.eval": self.eval} if self.eval else {}
+        named.update({f"data.eval_sets.{k}": v for k, v in self.eval_sets.items()})
+        return {
+            f"{where}.{key}": path
+            for where, held_out in named.items()
+            for key, path in held_out.local_files().items()
+        }
 
 
 # --------------------------------------------------------------------------- losses
@@ -163,6 +294,10 @@ class _LossBase(_Section):
         default=None, description="Also train truncated embeddings (largest first)."
     )
     matryoshka_weights: list[PositiveFloat] | None = None
+    #: The row formats (see :class:`ColumnMap`) this loss trains on.
+    formats: ClassVar[tuple[str, ...]] = (PAIRS, TRIPLETS)
+    #: At most this many negative columns (None: any number).
+    max_negatives: ClassVar[int | None] = None
 
     @model_validator(mode="after")
     def _matryoshka_consistent(self) -> _LossBase:
@@ -175,9 +310,18 @@ class _LossBase(_Section):
             raise ValueError("matryoshka_weights needs one weight per matryoshka_dims entry")
         return self
 
-    def required_negatives(self) -> int:
-        """Hard-negative columns every source must map for this loss."""
-        return 0
+    def column_problem(self, columns: ColumnMap) -> str | None:
+        """Why this loss cannot train on rows with these columns, or None."""
+        kind, have = self.kind, columns.format  # type: ignore[attr-defined]
+        if have not in self.formats:
+            wanted = " or ".join(f"{f} ({_FORMAT_COLUMNS[f]})" for f in self.formats)
+            return f"loss '{kind}' trains on {wanted}; these columns make {have}"
+        if self.max_negatives is not None and len(columns.negatives) > self.max_negatives:
+            return (
+                f"loss '{kind}' compares {self.max_negatives} negative per row; map one of "
+                f"{columns.negatives} (or use infonce, which takes them all)"
+            )
+        return None
 
 
 class InfoNCELoss(_LossBase):
@@ -191,16 +335,70 @@ class InfoNCELoss(_LossBase):
     )
 
 
+class CachedInfoNCELoss(InfoNCELoss):
+    """InfoNCE with GradCache: the batch (the in-batch pool) is no longer bounded by memory.
+
+    Texts are embedded ``mini_batch_size`` at a time without a graph, the loss is taken over the
+    whole batch, and each mini-batch is embedded again with gradients: about 1.3x the compute of
+    plain InfoNCE for activations of one mini-batch.
+    """
+
+    kind: Literal["cached_mnrl", "cached_infonce"]  # type: ignore[assignment]
+    mini_batch_size: PositiveInt = Field(
+        default=32, description="Texts embedded at once (memory), not the batch (the pool)."
+    )
+
+
 class TripletLossSpec(_LossBase):
+    """max(d(a, p) - d(a, n) + margin, 0) over (anchor, positive, negative) rows."""
+
     kind: Literal["triplet"]
     margin: PositiveFloat = 0.5
     distance: Literal["cosine", "euclidean", "manhattan"] = "cosine"
+    formats: ClassVar[tuple[str, ...]] = (TRIPLETS,)
+    max_negatives: ClassVar[int | None] = 1
 
-    def required_negatives(self) -> int:
-        return 1
+
+class CoSENTLossSpec(_LossBase):
+    """CoSENT (cosine) or AnglE (angle in complex space): rank pairs in the order of their scores.
+
+    Only the order of scores matters, so any scale works (0-5 STS scores, 0/1 labels).
+    """
+
+    kind: Literal["cosent", "angle"]
+    temperature: PositiveFloat = Field(default=0.05, le=1.0, description="τ; scale = 1/τ.")
+    formats: ClassVar[tuple[str, ...]] = (SCORED_PAIRS,)
 
 
-Loss = Annotated[InfoNCELoss | TripletLossSpec, Field(discriminator="kind")]
+class CosineSimilarityLossSpec(_LossBase):
+    """Mean squared error between cos(a, b) and the pair's score (scores in [-1, 1])."""
+
+    kind: Literal["cosine"]
+    formats: ClassVar[tuple[str, ...]] = (SCORED_PAIRS,)
+
+
+class ContrastiveLossSpec(_LossBase):
+    """Pull label-1 pairs together, push label-0 pairs beyond ``margin``.
+
+    ``online_contrastive`` only uses the hard ones: positives farther than the closest negative
+    and negatives closer than the farthest positive of the batch.
+    """
+
+    kind: Literal["contrastive", "online_contrastive"]
+    margin: PositiveFloat = 0.5
+    distance: Literal["cosine", "euclidean", "manhattan"] = "cosine"
+    formats: ClassVar[tuple[str, ...]] = (LABELED_PAIRS,)
+
+
+Loss = Annotated[
+    InfoNCELoss
+    | CachedInfoNCELoss
+    | TripletLossSpec
+    | CoSENTLossSpec
+    | CosineSimilarityLossSpec
+    | ContrastiveLossSpec,
+    Field(discriminator="kind"),
+]
 
 
 # --------------------------------------------------------------------------- lora / train / scale
@@ -265,6 +463,8 @@ class ScalingSpec(_Section):
 
 #: An evaluation metric name: ``ndcg@10``, or ``dim64/ndcg@10`` for embeddings cut to 64 dims.
 METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy)@\d+")
+#: A metric of a named held-out set (``data.eval_sets``): ``refutes/accuracy``.
+SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+)")
 
 
 class EvalSpec(_Section):
@@ -276,15 +476,6 @@ class EvalSpec(_Section):
         description="Also evaluate embeddings truncated to these dims; their metrics are "
         "named dim<d>/<metric>, e.g. dim64/ndcg@10.",
     )
-
-    def metric_problem(self, field: str, name: str) -> str | None:
-        """Why ``name`` is not a metric this evaluation produces, or None."""
-        match = METRIC_NAME.fullmatch(name)
-        if not match:
-            return f"{field}: {name!r} is not like 'ndcg@10', 'mrr@10' or 'dim64/ndcg@10'"
-        if match[1] and int(match[1]) not in self.matryoshka_dims:
-            return f"{field}: {name!r} needs {match[1]} in eval.matryoshka_dims"
-        return None
 
 
 class StorageSpec(_Section):
@@ -440,7 +631,7 @@ class TuneSpec(_Section):
         return f"eval/{self.metric}"
 
     def problems(self, spec: ExperimentSpec) -> list[str]:
-        problems = [spec.eval.metric_problem("tune.metric", self.metric)]
+        problems = [spec.metric_problem("tune.metric", self.metric)]
         if not spec.train.eval_every:
             problems.append(
                 "train.eval_every: a search reads its metric from evaluations during training "
@@ -501,20 +692,15 @@ class ExperimentSpec(_Section):
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentSpec:
         problems = []
-        need = self.loss.required_negatives()
         for name, source in self.data.sources.items():
-            have = len(source.columns.negatives)
-            if have < need:
-                problems.append(
-                    f"data.sources.{name}.columns.negatives: loss '{self.loss.kind}' needs "
-                    f"{need} negative column(s), the source maps {have}"
-                )
+            if problem := self.loss.column_problem(source.columns):
+                problems.append(f"data.sources.{name}.columns: {problem}")
         if self.train.batch_size % self.scaling.num_workers:
             problems.append(
                 f"train.batch_size: {self.train.batch_size} is the global batch and must divide "
                 f"evenly over scaling.num_workers={self.scaling.num_workers}"
             )
-        problems.append(self.eval.metric_problem("eval.main_metric", self.eval.main_metric))
+        problems.append(self.metric_problem("eval.main_metric", self.eval.main_metric))
         if self.tune:
             problems.extend(self.tune.problems(self))
         chaos = self.testing
@@ -533,6 +719,27 @@ class ExperimentSpec(_Section):
         if problems:  # one line each; _format_error splits them back into separate problems
             raise ValueError(_CROSS_FIELD + "\n".join(problems))
         return self
+
+    def metric_problem(self, field: str, name: str) -> str | None:
+        """Why ``name`` is not a metric this spec's evaluation produces, or None."""
+        if match := METRIC_NAME.fullmatch(name):
+            if self.data.eval is None:
+                sets = ", ".join(f"'{n}/{s.metrics[0]}'" for n, s in self.data.eval_sets.items())
+                return f"{field}: {name!r} needs data.eval (a retrieval set); or name {sets}"
+            if match[1] and int(match[1]) not in self.eval.matryoshka_dims:
+                return f"{field}: {name!r} needs {match[1]} in eval.matryoshka_dims"
+            return None
+        if match := SET_METRIC_NAME.fullmatch(name):
+            held_out = self.data.eval_sets.get(match[1])
+            if held_out is None:
+                return f"{field}: {name!r}: no set {match[1]!r} in data.eval_sets"
+            if match[2] not in held_out.metrics:
+                return f"{field}: a {held_out.kind} set reports {', '.join(held_out.metrics)}"
+            return None
+        return (
+            f"{field}: {name!r} is not like 'ndcg@10', 'dim64/ndcg@10' (retrieval) or "
+            "'<set>/accuracy' (data.eval_sets)"
+        )
 
     @property
     def per_worker_batch_size(self) -> int:
@@ -604,14 +811,20 @@ def _format_error(error: dict[str, Any]) -> list[str]:
     return [f"{path}: {message}{hint}"]
 
 
-#: Discriminator tags pydantic puts into error locations; they are not part of the user's path.
-_TAGS = {"infonce", "mnrl", "triplet", "jsonl", "parquet", "csv"}
-
 #: Loss kind → its spec class, for trials that switch ``loss.kind``.
 LOSS_CLASSES: dict[str, type[_LossBase]] = {
     kind: cls
-    for cls in (InfoNCELoss, TripletLossSpec)
+    for cls in get_args(get_args(Loss)[0])
     for kind in get_args(cls.model_fields["kind"].annotation)
+}
+
+#: Discriminator tags pydantic puts into error locations; they are not part of the user's path.
+_TAGS = {
+    *LOSS_CLASSES,
+    *(get_args(c.model_fields["kind"].annotation)[0] for c in get_args(get_args(EvalSet)[0])),
+    "jsonl",
+    "parquet",
+    "csv",
 }
 
 

@@ -79,9 +79,86 @@ BAD_SPECS = [
     pytest.param({"loss.kind": "arcface"}, "loss.kind", "arcface", id="unknown-loss"),
     pytest.param(
         {"loss.kind": "triplet"},
-        "data.sources.a.columns.negatives",
-        "needs 1 negative",
+        "data.sources.a.columns",
+        "trains on triplets (columns.negatives); these columns make pairs",
         id="triplet-without-negatives",
+    ),
+    pytest.param(
+        {"loss.kind": "triplet", "data.sources.a.columns.negatives": ["n1", "n2"]},
+        "data.sources.a.columns",
+        "compares 1 negative per row",
+        id="triplet-with-two-negatives",
+    ),
+    pytest.param(
+        {"loss.kind": "cosent"},
+        "data.sources.a.columns",
+        "trains on scored_pairs (columns.score)",
+        id="cosent-without-scores",
+    ),
+    pytest.param(
+        {"loss.kind": "online_contrastive", "data.sources.a.columns.score": "s"},
+        "data.sources.a.columns",
+        "trains on labeled_pairs (columns.label); these columns make scored_pairs",
+        id="contrastive-on-scores",
+    ),
+    pytest.param(
+        {"data.sources.a.columns.negatives": ["n"], "data.sources.a.columns.label": "y"},
+        "data.sources.a.columns",
+        "one of negatives, score or label",
+        id="two-formats-at-once",
+    ),
+    pytest.param(
+        {"loss.kind": "cached_mnrl", "loss.mini_batch_size": 0},
+        "loss.mini_batch_size",
+        "greater than 0",
+        id="cached-mini-batch",
+    ),
+    pytest.param(
+        {"data.eval": REMOVE}, "data", "no held-out data", id="no-held-out-data"
+    ),
+    pytest.param(
+        {"data.eval_sets.refutes": {"kind": "triplets", "path": "t.jsonl"}},
+        "data.eval_sets.refutes",
+        "needs triplets (columns.negatives)",
+        id="triplet-set-without-negative",
+    ),
+    pytest.param(
+        {"data.eval_sets.sts": {"kind": "scored_pairs", "path": "s.csv"}},
+        "data.eval_sets.sts",
+        "needs scored_pairs (columns.score)",
+        id="scored-set-without-score",
+    ),
+    pytest.param(
+        {"eval.main_metric": "sts/spearman"},
+        "eval.main_metric",
+        "no set 'sts' in data.eval_sets",
+        id="metric-of-unknown-set",
+    ),
+    pytest.param(
+        {
+            "data.eval_sets.refutes": {
+                "kind": "triplets",
+                "path": "t.jsonl",
+                "columns": {"negatives": ["negative"]},
+            },
+            "eval.main_metric": "refutes/roc_auc",
+        },
+        "eval.main_metric",
+        "a triplets set reports accuracy",
+        id="metric-the-set-lacks",
+    ),
+    pytest.param(
+        {
+            "data.eval": REMOVE,
+            "data.eval_sets.labels": {
+                "kind": "labeled_pairs",
+                "path": "l.jsonl",
+                "columns": {"label": "y"},
+            },
+        },
+        "eval.main_metric",
+        "needs data.eval (a retrieval set); or name 'labels/roc_auc'",
+        id="retrieval-metric-without-retrieval-set",
     ),
     pytest.param(
         {"train.batch_size": 10, "scaling.num_workers": 3},
@@ -170,7 +247,7 @@ def test_overrides_are_parsed_as_yaml_and_applied():
 def test_overrides_apply_before_validation():
     # The raw spec is valid; the override alone makes it invalid.
     problems = problems_of(minimal_raw(), ["loss.kind=triplet"])
-    assert any("data.sources.a.columns.negatives:" in p for p in problems)
+    assert any("data.sources.a.columns: loss 'triplet'" in p for p in problems)
 
 
 def test_override_can_repair_an_invalid_spec():
