@@ -16,8 +16,8 @@ from orchestrator.assets import resolve_model
 from orchestrator.data.sources import (
     EXTENSIONS,
     canonical_columns,
+    converted,
     parse_records,
-    problem_with,
     resolve_paths,
 )
 from orchestrator.losses import negatives_per_query
@@ -111,7 +111,7 @@ def estimate(spec: ExperimentSpec) -> Estimate:
 
 def _count(source) -> tuple[int, int, list[list[str]]]:
     """(usable rows, bad rows, the texts of the first usable rows) of a local source."""
-    mapping = canonical_columns(source)
+    mapping = canonical_columns(source.columns)
     rows = bad = 0
     sample: list[list[str]] = []
     for path in resolve_paths(source.path):
@@ -119,12 +119,13 @@ def _count(source) -> tuple[int, int, list[list[str]]]:
             for _, record, problem in parse_records(
                 file.read_bytes(), source.format, getattr(source, "delimiter", ",")
             ):
-                if problem or problem_with(record, mapping):
+                row, problem = (None, problem) if problem else converted(record, mapping)
+                if row is None:
                     bad += 1
                     continue
                 rows += 1
                 if len(sample) < SAMPLE_ROWS:
-                    sample.append([record[column] for column in mapping.values()])
+                    sample.append([v for v in row.values() if isinstance(v, str)])
     if source.max_rows:
         rows = min(rows, source.max_rows)
     return rows, bad, sample

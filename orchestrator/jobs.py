@@ -99,8 +99,12 @@ def stage(
     raw = spec.model_dump(mode="json")
     for name, source in raw["data"]["sources"].items():
         source["path"] = _ship(source["path"], folder, f"inputs/sources/{name}")
-    for key in ("corpus", "queries", "qrels"):
-        raw["data"]["eval"][key] = _ship(raw["data"]["eval"][key], folder, f"inputs/eval/{key}")
+    for where, path in spec.data.eval_files().items():
+        *section, key = where.split(".")  # e.g. data.eval.corpus, data.eval_sets.sts.path
+        node = raw
+        for part in section:
+            node = node[part]
+        node[key] = _ship(path, folder, "inputs/" + "/".join([*section[1:], key]))
     base = raw["model"]["base"]
     if base not in KNOWN_MODELS and Path(base).expanduser().is_dir():
         raw["model"]["base"] = _ship(base, folder, "inputs/model", as_folder=True)

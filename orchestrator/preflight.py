@@ -49,10 +49,9 @@ def preflight(spec: ExperimentSpec) -> list[str]:
             problems.append(
                 f"data.sources.{name}.path: {source.path} does not exist ({_PREPARE_HINT})"
             )
-    for key in ("corpus", "queries", "qrels"):
-        path = getattr(spec.data.eval, key)
+    for where, path in spec.data.eval_files().items():
         if not _exists(path):
-            problems.append(f"data.eval.{key}: {path} does not exist ({_PREPARE_HINT})")
+            problems.append(f"{where}: {path} does not exist ({_PREPARE_HINT})")
 
     base = spec.model.base
     model_path = resolve_model(base, fetch=False)

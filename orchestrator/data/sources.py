@@ -24,13 +24,13 @@ import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
 from orchestrator.errors import BadRowsError
-from orchestrator.spec import ANCHOR, POSITIVE
+from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 from orchestrator.storage import Location, arrow_filesystem, expand_remote
 
 if TYPE_CHECKING:
     import ray.data
 
-    from orchestrator.spec import DataSpec, Source
+    from orchestrator.spec import ColumnMap, DataSpec, Source
 
 FILE, LINE, PROBLEM = "_file", "_line", "_problem"
 EXTENSIONS = {"jsonl": ["jsonl", "json"], "parquet": ["parquet"], "csv": ["csv", "tsv"]}
@@ -39,30 +39,54 @@ REPORTED_EXAMPLES = 5
 Parsed = tuple[int, Any, str | None]
 
 
-def canonical_columns(source: Source) -> dict[str, str]:
-    """Canonical column → the file's column: anchor, positive, negative_1..n."""
-    cols = source.columns
-    mapping = {ANCHOR: cols.anchor, POSITIVE: cols.positive}
-    mapping.update({f"negative_{i}": name for i, name in enumerate(cols.negatives, start=1)})
+def canonical_columns(columns: ColumnMap) -> dict[str, str]:
+    """Canonical column → the file's column: anchor, positive, negative_1..n, score or label."""
+    mapping = {ANCHOR: columns.anchor, POSITIVE: columns.positive}
+    mapping.update({f"negative_{i}": name for i, name in enumerate(columns.negatives, start=1)})
+    mapping.update({c: name for c, name in ((SCORE, columns.score), (LABEL, columns.label)) if name})
     return mapping
 
 
-def problem_with(record: Any, mapping: dict[str, str]) -> str | None:
-    """Why a parsed record cannot be a training row, or None if it can."""
+def _number(value: Any) -> float | None:
+    """A JSON/Parquet number or a CSV cell holding one; None when it is neither."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def converted(record: Any, mapping: dict[str, str]) -> tuple[dict[str, Any] | None, str | None]:
+    """(canonical row, None) for a usable record, or (None, why it cannot be a row)."""
     if not isinstance(record, dict):
-        return f"expected an object with columns {sorted(mapping.values())}"
+        return None, f"expected an object with columns {sorted(mapping.values())}"
+    row = {}
     for canonical, column in mapping.items():
         label = f"{column!r}" if column == canonical else f"{column!r} ({canonical})"
         value = record.get(column)
         if column not in record or value is None:
-            return f"missing {label}"
+            return None, f"missing {label}"
+        if canonical in (SCORE, LABEL):
+            number = _number(value)
+            if number is None or number != number:  # NaN
+                return None, f"{label} is {value!r}, not a number"
+            if canonical == LABEL and number not in (0.0, 1.0):
+                return None, f"{label} is {value!r}; labels are 0 or 1"
+            row[canonical] = number
+            continue
         if not isinstance(value, str):
-            return f"{label} is {type(value).__name__}, not text"
+            return None, f"{label} is {type(value).__name__}, not text"
         if not value.strip():
-            return f"empty {label}"
+            return None, f"empty {label}"
         if "\ufffd" in value:
-            return f"garbled text in {label} (invalid UTF-8 / U+FFFD)"
-    return None
+            return None, f"garbled text in {label} (invalid UTF-8 / U+FFFD)"
+        row[canonical] = value
+    return row, None
 
 
 def parse_records(data: bytes, file_format: str, delimiter: str = ",") -> Iterator[Parsed]:
@@ -95,7 +119,7 @@ class PairFileDatasource(FileBasedDatasource):
     def __init__(self, paths: list[str], source: Source, **kwargs: Any) -> None:
         super().__init__(paths, file_extensions=EXTENSIONS[source.format], **kwargs)
         self._format = source.format
-        self._mapping = canonical_columns(source)
+        self._mapping = canonical_columns(source.columns)
         self._delimiter = getattr(source, "delimiter", ",")
         self._scheme = "s3://" if source.path.startswith("s3://") else ""  # for reports
 
@@ -103,10 +127,9 @@ class PairFileDatasource(FileBasedDatasource):
         rows: dict[str, list] = {c: [] for c in [*self._mapping, FILE, LINE, PROBLEM]}
         records = parse_records(f.readall(), self._format, self._delimiter)
         for number, record, problem in records:
-            problem = problem or problem_with(record, self._mapping)
-            for canonical, column in self._mapping.items():
-                value = None if problem else record[column]
-                rows[canonical].append(value)
+            row, problem = (None, problem) if problem else converted(record, self._mapping)
+            for canonical in self._mapping:
+                rows[canonical].append(row[canonical] if row else None)
             rows[FILE].append(self._scheme + path)
             rows[LINE].append(number)
             rows[PROBLEM].append(problem)
@@ -118,7 +141,7 @@ class PairFileDatasource(FileBasedDatasource):
 
 
 def _table(rows: dict[str, list]) -> pa.Table:
-    types = {LINE: pa.int64()}
+    types = {LINE: pa.int64(), SCORE: pa.float64(), LABEL: pa.float64()}
     return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in rows.items()})
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.spec import ANCHOR, POSITIVE
+from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
+
+if TYPE_CHECKING:
+    import torch
 
 IDS_SUFFIX = "__ids"
 
@@ -55,6 +59,9 @@ def tokenize_batch(
         texts = [prompt + text for text in batch.column(column).to_pylist()]
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         out[column + IDS_SUFFIX] = pa.array(ids, type=pa.list_(pa.int32()))
+    for column in (SCORE, LABEL):  # scored / labeled pairs keep their number
+        if column in batch.column_names:
+            out[column] = batch.column(column)
     return pa.table(out)
 
 
@@ -71,13 +78,25 @@ def pad(sequences: list[np.ndarray], pad_id: int):
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
-def collate(rows: dict[str, np.ndarray], pad_id: int):
-    """A batch of token ids → (queries, passages, n_docs).
+class Batch(NamedTuple):
+    """One rank's step input: padded queries, padded passages, their groups and the labels."""
 
-    Passages are positives followed by each negative column, stacked, so that the loss splits
-    the passage embeddings into ``n_docs`` equal chunks: [positives, negative_1, ...].
-    """
+    queries: dict[str, torch.Tensor]
+    #: Positives (or second texts) followed by each negative column, stacked.
+    passages: dict[str, torch.Tensor]
+    #: Passage groups: 1 + negative columns. The loss splits passages into that many chunks.
+    n_docs: int
+    #: Scores (scored pairs) or 0/1 labels (labeled pairs); None for pairs and triplets.
+    labels: torch.Tensor | None
+
+
+def collate(rows: dict[str, np.ndarray], pad_id: int) -> Batch:
+    """A batch of token ids (and scores or labels) → a padded :class:`Batch`."""
+    import torch
+
     texts = text_columns([c.removesuffix(IDS_SUFFIX) for c in rows if c.endswith(IDS_SUFFIX)])
     docs = [column + IDS_SUFFIX for column in texts[1:]]
     passages = [seq for column in docs for seq in rows[column]]
-    return pad(list(rows[ANCHOR + IDS_SUFFIX]), pad_id), pad(passages, pad_id), len(docs)
+    numbers = next((rows[c] for c in (SCORE, LABEL) if c in rows), None)
+    labels = None if numbers is None else torch.as_tensor(np.asarray(numbers, dtype=np.float32))
+    return Batch(pad(list(rows[ANCHOR + IDS_SUFFIX]), pad_id), pad(passages, pad_id), len(docs), labels)

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.data.sources import problem_with, read_source, read_sources
+from orchestrator.data.sources import converted, read_source, read_sources
 from orchestrator.errors import BadRowsError
 from orchestrator.spec import DataSpec, parse_spec
 
 MAPPING = {"anchor": "question", "positive": "answer"}
 
 
-# --------------------------------------------------------------------------- problem_with
+# --------------------------------------------------------------------------- converted
 
 
 @pytest.mark.parametrize(
@@ -46,16 +46,45 @@ MAPPING = {"anchor": "question", "positive": "answer"}
         "string-record",
     ],
 )
-def test_problem_with(record, problem):
-    found = problem_with(record, MAPPING)
+def test_converted(record, problem):
+    row, found = converted(record, MAPPING)
     if problem is None:
-        assert found is None
+        assert found is None and row == {"anchor": record["question"], "positive": "a"}
     else:
-        assert found is not None and found.startswith(problem)
+        assert row is None and found is not None and found.startswith(problem)
 
 
-def test_problem_with_names_a_column_without_its_role_when_canonical():
-    assert problem_with({"anchor": "", "positive": "p"}, {"anchor": "anchor"}) == "empty 'anchor'"
+def test_problem_names_a_column_without_its_role_when_canonical():
+    assert converted({"anchor": "", "positive": "p"}, {"anchor": "anchor"})[1] == "empty 'anchor'"
+
+
+SCORED = {"anchor": "s1", "positive": "s2", "score": "sim"}
+LABELED = {"anchor": "s1", "positive": "s2", "label": "same"}
+
+
+@pytest.mark.parametrize(
+    ("mapping", "value", "number", "problem"),
+    [
+        (SCORED, 4.5, 4.5, None),
+        (SCORED, 3, 3.0, None),
+        (SCORED, " 0.25 ", 0.25, None),  # a CSV cell
+        (SCORED, "high", None, "'sim' (score) is 'high', not a number"),
+        (SCORED, float("nan"), None, "'sim' (score) is nan, not a number"),
+        (SCORED, None, None, "missing 'sim' (score)"),
+        (LABELED, 1, 1.0, None),
+        (LABELED, True, 1.0, None),
+        (LABELED, "0", 0.0, None),
+        (LABELED, 2, None, "'same' (label) is 2; labels are 0 or 1"),
+        (LABELED, "yes", None, "'same' (label) is 'yes', not a number"),
+    ],
+)
+def test_scores_and_labels_are_numbers(mapping, value, number, problem):
+    column = mapping.get("score", mapping.get("label"))
+    row, found = converted({"s1": "a", "s2": "b", column: value}, mapping)
+    assert found == problem
+    if number is not None:
+        canonical = "score" if "score" in mapping else "label"
+        assert row == {"anchor": "a", "positive": "b", canonical: number}
 
 
 # --------------------------------------------------------------------------- reading on Ray
@@ -66,13 +95,13 @@ def _ray(ray_cluster):
     """Every test here reads through a real local Ray (the session's instance)."""
 
 
-def source(path: Path | str, fmt: str = "jsonl", **fields):
+def source(path: Path | str, fmt: str = "jsonl", loss: str = "infonce", **fields):
     """A validated source entry of a spec (built through the real spec parser)."""
     entry = {"format": fmt, "path": str(path), **fields}
-    return data_spec({"s": entry}).sources["s"]
+    return data_spec({"s": entry}, loss).sources["s"]
 
 
-def data_spec(sources: dict, **fields) -> DataSpec:
+def data_spec(sources: dict, loss: str = "infonce", **fields) -> DataSpec:
     raw = {
         "name": "t",
         "model": {"base": "m"},
@@ -81,7 +110,7 @@ def data_spec(sources: dict, **fields) -> DataSpec:
             "eval": {"corpus": "c", "queries": "q", "qrels": "r"},
             **fields,
         },
-        "loss": {"kind": "infonce"},
+        "loss": {"kind": loss},
     }
     return parse_spec(raw).data
 
@@ -164,6 +193,18 @@ def test_csv_line_numbers_count_the_header(tmp_path):
         f"{path}:5: empty 'question' (anchor)",
     ]
     assert [r["anchor"] for r in rows_of(dataset)] == ["q1", "q3"]
+
+
+def test_scored_csv_keeps_numeric_scores_and_reports_bad_ones(tmp_path):
+    path = tmp_path / "sts.csv"
+    path.write_text("s1,s2,sim\na cat,a kitten,4.5\na cat,a car,n/a\na dog,a hound,3\n")
+    columns = {"anchor": "s1", "positive": "s2", "score": "sim"}
+    dataset, report = read_source("s", source(path, "csv", "cosent", columns=columns))
+    assert report.lines() == [f"{path}:3: 'sim' (score) is 'n/a', not a number"]
+    assert rows_of(dataset) == [
+        {"anchor": "a cat", "positive": "a kitten", "score": 4.5},
+        {"anchor": "a dog", "positive": "a hound", "score": 3.0},
+    ]
 
 
 def test_csv_with_another_delimiter(tmp_path):

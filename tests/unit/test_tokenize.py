@@ -84,7 +84,7 @@ def test_negative_columns_sort_numerically():
 
 def test_collate_pads_queries_to_their_longest_row(tokenized):
     rows = ids_of(tokenized)
-    queries, _, _ = collate(rows, pad_id=0)
+    queries = collate(rows, pad_id=0).queries
     lengths = [len(ids) for ids in rows["anchor__ids"]]
     assert queries["input_ids"].shape == (2, max(lengths))
     assert queries["attention_mask"].sum(dim=1).tolist() == lengths
@@ -95,7 +95,7 @@ def test_collate_pads_queries_to_their_longest_row(tokenized):
 
 def test_collate_stacks_positives_then_negatives(tokenized):
     rows = ids_of(tokenized)
-    _, passages, n_docs = collate(rows, pad_id=0)
+    _, passages, n_docs, _ = collate(rows, pad_id=0)
     expected = [*rows["positive__ids"], *rows["negative_1__ids"]]
     lengths = [len(ids) for ids in expected]
     assert n_docs == 2
@@ -108,7 +108,7 @@ def test_collate_stacks_positives_then_negatives(tokenized):
 
 
 def test_collate_uses_the_pad_id(tokenized):
-    queries, _, _ = collate(ids_of(tokenized), pad_id=7)
+    queries = collate(ids_of(tokenized), pad_id=7).queries
     assert (queries["input_ids"][queries["attention_mask"] == 0] == 7).all()
 
 
@@ -124,8 +124,23 @@ def test_collate_orders_negative_10_after_negative_2():
         "negative_2__ids": column(2, 4),
         "positive__ids": column(5, 5),
     }
-    _, passages, n_docs = collate(rows, pad_id=0)
+    _, passages, n_docs, _ = collate(rows, pad_id=0)
     assert n_docs == 3
     firsts = passages["input_ids"][:, 0].tolist()
     assert firsts == [5, 5, 2, 2, 10, 10]
     assert passages["attention_mask"].sum(dim=1).tolist() == [5, 5, 4, 4, 2, 2]
+
+
+@pytest.mark.parametrize("column", ["score", "label"])
+def test_scores_and_labels_pass_through_to_the_batch_labels(tiny_model, column):
+    table = pa.table(
+        {"anchor": ["the car", "a house"], "positive": ["the red car", "a dog"], column: [1.0, 0.0]}
+    )
+    tokenized = tokenize_batch(table, tiny_model, MAX_LENGTH, {})
+    assert tokenized.column(column).to_pylist() == [1.0, 0.0]
+    batch = collate(ids_of(tokenized), pad_id=0)
+    assert batch.n_docs == 1 and batch.labels.tolist() == [1.0, 0.0]
+
+
+def test_pairs_have_no_labels(tokenized):
+    assert collate(ids_of(tokenized), pad_id=0).labels is None
