@@ -1,9 +1,15 @@
-"""Spec → sentence-transformers loss, computed from embeddings of one forward pass per step.
+"""Spec → sentence-transformers loss, fed from the training step's own forward pass.
 
-The training step embeds all texts in a single DDP forward and hands the embeddings to
-``loss.compute_loss_from_embeddings`` (sentence-transformers' own math, including the
-with-gradient all-gather of in-batch negatives across workers). The temperature τ of the spec
-becomes the library's ``scale = 1/τ``.
+Every ``loss.kind`` maps to the library's loss of that name; this module only decides how the
+texts of a step reach it:
+
+* most losses take the embeddings of one DDP forward per step (``compute_loss_from_embeddings``:
+  the library's math, including the with-gradient all-gather of in-batch negatives across
+  workers);
+* the cached (GradCache) InfoNCE embeds mini-batches itself, twice; it is handed the DDP-wrapped
+  encoder so that its replayed mini-batches synchronize gradients once, like one forward.
+
+The temperature τ of the spec becomes the library's ``scale = 1/τ``.
 """
 
 from __future__ import annotations
@@ -14,15 +20,23 @@ from typing import TYPE_CHECKING
 import torch
 from sentence_transformers.sentence_transformer import losses as st_losses
 
+from orchestrator.spec import CachedInfoNCELoss, InfoNCELoss
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from orchestrator.spec import InfoNCELoss, TripletLossSpec
+    from orchestrator.data.tokenize import Batch
+    from orchestrator.spec import Loss
 
 _TRIPLET_DISTANCE = {
     "cosine": st_losses.TripletDistanceMetric.COSINE,
     "euclidean": st_losses.TripletDistanceMetric.EUCLIDEAN,
     "manhattan": st_losses.TripletDistanceMetric.MANHATTAN,
+}
+_PAIR_DISTANCE = {
+    "cosine": st_losses.SiameseDistanceMetric.COSINE_DISTANCE,
+    "euclidean": st_losses.SiameseDistanceMetric.EUCLIDEAN,
+    "manhattan": st_losses.SiameseDistanceMetric.MANHATTAN,
 }
 
 
@@ -45,40 +59,108 @@ class EmbeddingLoss(torch.nn.Module):
         self.dims = list(dims) if dims else [None]
         self.weights = list(weights) if weights else [1.0] * len(self.dims)
 
-    def forward(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, embeddings: list[torch.Tensor], labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of ``[anchors, positives, negatives_1, ...]`` (and scores or labels)."""
         total = embeddings[0].new_zeros(())
         for dim, weight in zip(self.dims, self.weights, strict=True):
             parts = [e[..., :dim] for e in embeddings] if dim else embeddings
-            total = total + weight * self.inner.compute_loss_from_embeddings(parts, None)
+            total = total + weight * self.inner.compute_loss_from_embeddings(parts, labels)
         return total
+
+    def step(self, encoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Embed the step's texts in one forward of ``encoder`` and take the loss."""
+        queries, passages = encoder([batch.queries, batch.passages])
+        return self([queries, *passages.chunk(batch.n_docs)], batch.labels)
+
+
+class CachedEmbeddingLoss(torch.nn.Module):
+    """GradCache InfoNCE: sentence-transformers' cached loss, embedding through ``encoder``.
+
+    The library's loss calls its ``model`` once per mini-batch, in the step and again during
+    backward; pointing it at the DDP-wrapped encoder (the library handles DDP's ``no_sync``)
+    keeps one gradient all-reduce per step. Matryoshka dims use the library's own wrapper,
+    which truncates the cached embeddings.
+    """
+
+    def __init__(self, cached: torch.nn.Module, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.cached = cached  # the module that embeds
+        self.loss = loss  # ``cached`` itself, or MatryoshkaLoss around it
+
+    def step(self, encoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        self.cached.model = encoder
+        passages = [
+            {key: value.chunk(batch.n_docs)[group] for key, value in batch.passages.items()}
+            for group in range(batch.n_docs)
+        ]
+        return self.loss([batch.queries, *passages], batch.labels)
+
+
+def _infonce(spec: InfoNCELoss, model: SentenceTransformer, world_size: int) -> torch.nn.Module:
+    symmetric = spec.symmetric
+    options = {
+        "scale": 1.0 / spec.temperature,
+        "gather_across_devices": spec.gather_across_workers and world_size > 1,
+        "directions": ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",),
+        "partition_mode": "per_direction" if symmetric else "joint",
+    }
+    if isinstance(spec, CachedInfoNCELoss):
+        return st_losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=spec.mini_batch_size, **options
+        )
+    return st_losses.MultipleNegativesRankingLoss(model, **options)
+
+
+def _library_loss(spec: Loss, model: SentenceTransformer, world_size: int) -> torch.nn.Module:
+    kind = spec.kind
+    if isinstance(spec, InfoNCELoss):
+        return _infonce(spec, model, world_size)
+    if kind == "triplet":
+        return st_losses.TripletLoss(
+            model, distance_metric=_TRIPLET_DISTANCE[spec.distance], triplet_margin=spec.margin
+        )
+    if kind == "cosent":
+        return st_losses.CoSENTLoss(model, scale=1.0 / spec.temperature)
+    if kind == "angle":
+        return st_losses.AnglELoss(model, scale=1.0 / spec.temperature)
+    if kind == "cosine":
+        return st_losses.CosineSimilarityLoss(model)
+    if kind == "contrastive":
+        return st_losses.ContrastiveLoss(
+            model, distance_metric=_PAIR_DISTANCE[spec.distance], margin=spec.margin
+        )
+    if kind == "online_contrastive":
+        return st_losses.OnlineContrastiveLoss(
+            model, distance_metric=_PAIR_DISTANCE[spec.distance], margin=spec.margin
+        )
+    raise ValueError(f"unknown loss kind {kind!r}")  # pragma: no cover - the spec rules it out
 
 
 def build_loss(
-    spec: InfoNCELoss | TripletLossSpec, model: SentenceTransformer, world_size: int = 1
-) -> EmbeddingLoss:
-    if spec.kind in ("infonce", "mnrl"):
-        symmetric = spec.symmetric
-        inner = st_losses.MultipleNegativesRankingLoss(
-            model,
-            scale=1.0 / spec.temperature,
-            gather_across_devices=spec.gather_across_workers and world_size > 1,
-            directions=("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",),
-            partition_mode="per_direction" if symmetric else "joint",
-        )
-    elif spec.kind == "triplet":
-        inner = st_losses.TripletLoss(
-            model, distance_metric=_TRIPLET_DISTANCE[spec.distance], triplet_margin=spec.margin
-        )
-    else:  # pragma: no cover - the spec's discriminated union rules this out
-        raise ValueError(f"unknown loss kind {spec.kind!r}")
-    return EmbeddingLoss(inner, spec.matryoshka_dims, spec.matryoshka_weights)
+    spec: Loss, model: SentenceTransformer, world_size: int = 1
+) -> EmbeddingLoss | CachedEmbeddingLoss:
+    """The training objective of ``spec``; ``.step(encoder, batch)`` gives a step's loss."""
+    inner = _library_loss(spec, model, world_size)
+    if not isinstance(spec, CachedInfoNCELoss):
+        return EmbeddingLoss(inner, spec.matryoshka_dims, spec.matryoshka_weights)
+    if not spec.matryoshka_dims:
+        return CachedEmbeddingLoss(inner, inner)
+    weights = spec.matryoshka_weights or [1.0] * len(spec.matryoshka_dims)
+    wrapped = st_losses.MatryoshkaLoss(model, inner, spec.matryoshka_dims, weights)
+    return CachedEmbeddingLoss(inner, wrapped)
 
 
-def negatives_per_query(
-    spec: InfoNCELoss | TripletLossSpec, per_worker_batch: int, world_size: int, hard: int
-) -> int:
-    """How many candidates compete with each query's positive in one step."""
+def negatives_per_query(spec: Loss, per_worker_batch: int, world_size: int, hard: int) -> int:
+    """How many candidates compete with each query's positive in one step.
+
+    In-batch losses (InfoNCE) rank against the whole pool; triplet against its own negatives;
+    the pair losses (CoSENT, AnglE, cosine, contrastive) score each pair on its own: 0.
+    """
     if spec.kind == "triplet":
         return hard
+    if not isinstance(spec, InfoNCELoss):
+        return 0
     pool = per_worker_batch * (world_size if spec.gather_across_workers else 1)
     return pool * (1 + hard) - 1

@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 from transformers import get_scheduler
 
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
-from orchestrator.data.tokenize import collate
+from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
 from orchestrator.losses import build_loss, negatives_per_query
 from orchestrator.modeling import (
     attach_lora,
@@ -46,14 +46,38 @@ STATE_FILE, META_FILE = "state.pt", "meta.json"
 
 
 class PairEncoder(torch.nn.Module):
-    """Embeds several padded groups in one forward call, so DDP sees one forward per step."""
+    """Embeds several padded groups in one forward call, so DDP sees one forward per step.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    Autocast (bf16/fp16) is applied here, inside the module, so that a cached loss replaying
+    mini-batches during backward runs them at the same precision; embeddings come out fp32.
+    A single features dict (a cached loss's mini-batch) returns the model's output dict.
+    """
+
+    def __init__(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
+        self.autocast_dtype = autocast_dtype
 
-    def forward(self, groups: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        return [self.model(features)["sentence_embedding"] for features in groups]
+    def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = features["input_ids"].device.type
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(device, dtype=self.autocast_dtype, enabled=enabled):
+            return self.model(features)["sentence_embedding"].float()
+
+    def forward(
+        self, groups: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]
+    ) -> list[torch.Tensor] | dict[str, torch.Tensor]:
+        if isinstance(groups, dict):
+            return {"sentence_embedding": self._embed(groups)}
+        return [self._embed(features) for features in groups]
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    def move(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+
+    labels = None if batch.labels is None else batch.labels.to(device, non_blocking=True)
+    return batch._replace(queries=move(batch.queries), passages=move(batch.passages), labels=labels)
 
 
 def _optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Optimizer:
@@ -94,18 +118,21 @@ def _open_epoch(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[
 
 
 def _chain(digest: str, rows: dict[str, np.ndarray]) -> str:
-    """Running fingerprint of the token ids a rank trained on, in order."""
+    """Running fingerprint of the token ids (and scores or labels) a rank trained on, in order."""
     h = hashlib.sha256(digest.encode())
     for column in sorted(rows):
-        sequences = rows[column]
-        h.update(np.fromiter(map(len, sequences), np.int32, len(sequences)).tobytes())
-        h.update(np.concatenate(sequences).astype(np.int32, copy=False).tobytes())
+        values = rows[column]
+        if column.endswith(IDS_SUFFIX):
+            h.update(np.fromiter(map(len, values), np.int32, len(values)).tobytes())
+            h.update(np.concatenate(values).astype(np.int32, copy=False).tobytes())
+        else:
+            h.update(np.asarray(values, dtype=np.float64).tobytes())
     return h.hexdigest()
 
 
 def _token_count(rows: dict[str, np.ndarray]) -> int:
     """Non-padding tokens in one batch: the unpadded token-id lists of every text column."""
-    return sum(len(ids) for sequences in rows.values() for ids in sequences)
+    return sum(len(ids) for c, values in rows.items() if c.endswith(IDS_SUFFIX) for ids in values)
 
 
 def _gather(value: Any, world: int) -> list[Any]:
@@ -154,8 +181,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         attach_lora(model, spec.lora)
     if spec.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    precision = spec.train.precision
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     encoder = ray.train.torch.prepare_model(
-        PairEncoder(model), parallel_strategy_kwargs={"find_unused_parameters": True}
+        PairEncoder(model, autocast_dtype),
+        parallel_strategy_kwargs={"find_unused_parameters": True},
     )
     optimizer = _optimizer(model, spec)
     scheduler = get_scheduler(
@@ -181,7 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     restores = meta.get("restores", 0) + (restored is not None)
     digest = (meta.get("stream_digests") or [""] * world)[rank]
 
-    batch = spec.per_worker_batch_size
+    local_batch = spec.per_worker_batch_size
     positions = positions_from(meta.get("positions"), list(spec.data.sources))
     streams = {
         name: SourceStream(
@@ -196,12 +226,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     pad_id = model.tokenizer.pad_token_id or 0
     trainable, total = count_parameters(model)
-    precision = spec.train.precision
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        if precision != "fp32"
-        else nullcontext()
-    )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     source_steps = dict(meta.get("source_steps", {}))
     pairs_seen = meta.get("pairs_seen", 0)
@@ -215,15 +239,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         source, rows = mixed.next(step)
         digest = _chain(digest, rows)
         window_tokens += _token_count(rows)
-        queries, passages, n_docs = collate(rows, pad_id)
+        batch = to_device(collate(rows, pad_id), device)
         data_wait += time.perf_counter() - fetch_start
-        hard = n_docs - 1
-        queries = {k: v.to(device, non_blocking=True) for k, v in queries.items()}
-        passages = {k: v.to(device, non_blocking=True) for k, v in passages.items()}
-        with autocast:
-            q_emb, p_emb = encoder([queries, passages])
-        embeddings = [q_emb.float(), *p_emb.float().chunk(n_docs)]
-        loss = loss_fn(embeddings)
+        hard = batch.n_docs - 1
+        loss = loss_fn.step(encoder, batch)
         scaler.scale(loss).backward()
         if spec.train.max_grad_norm:
             scaler.unscale_(optimizer)
@@ -236,7 +255,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step += 1
         running_loss += loss.detach()
         window_steps += 1
-        pairs_seen += batch * world
+        pairs_seen += local_batch * world
         source_steps[source] = source_steps.get(source, 0) + 1
 
         checkpoint_now = step % spec.train.checkpoint_every == 0 or step == total_steps
@@ -252,11 +271,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "loss": float(running_loss / window_steps),  # one host sync per report
             "lr": scheduler.get_last_lr()[0],
             "pairs_seen": pairs_seen,
-            "pairs_per_s": window_steps * batch * world / elapsed,
+            "pairs_per_s": window_steps * local_batch * world / elapsed,
             "tokens_per_s": window_tokens / elapsed,  # this rank's; the monitor sums ranks
             "step_time_s": elapsed / window_steps,
             "data_wait_fraction": data_wait / elapsed,
-            "negatives_per_query": negatives_per_query(spec.loss, batch, world, hard),
+            "negatives_per_query": negatives_per_query(spec.loss, local_batch, world, hard),
             "trainable_params": trainable,
             "total_params": total,
             "source_steps": dict(source_steps),

@@ -1,4 +1,5 @@
-"""Spec → loss: InfoNCE (plain, hard negatives, symmetric, Matryoshka, gathered) and triplet."""
+"""Spec → loss, each against a hand computation: InfoNCE (plain, hard negatives, symmetric,
+Matryoshka, gathered, cached), triplet, CoSENT, AnglE, cosine, contrastive, online contrastive."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from orchestrator.data.tokenize import Batch, pad
 from orchestrator.losses import build_loss, negatives_per_query
-from orchestrator.spec import InfoNCELoss, TripletLossSpec
+from orchestrator.spec import (
+    LOSS_CLASSES,
+    ContrastiveLossSpec,
+    CoSENTLossSpec,
+    CosineSimilarityLossSpec,
+    InfoNCELoss,
+    TripletLossSpec,
+)
+from orchestrator.train_loop import PairEncoder
 
 B, DIM = 4, 16
 
@@ -116,6 +126,91 @@ def test_triplet_matches_hand_computation(model, distance):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+SCORES = torch.tensor([0.9, 0.1, 0.5, 0.3])
+LABELS = torch.tensor([1.0, 0.0, 1.0, 0.0])
+
+
+def cosent(similarities: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """log(1 + Σ_{score_i > score_j} exp(scale·(s_j − s_i))), written as the paper does."""
+    terms = [
+        scale * (similarities[j] - similarities[i])
+        for i in range(len(scores))
+        for j in range(len(scores))
+        if scores[i] > scores[j]
+    ]
+    return torch.logsumexp(torch.stack([torch.zeros(()), *terms]), dim=0)
+
+
+def angle_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """AnglE's score |Re(z_a·conj(z_b)) + Im(z_a·conj(z_b))| of unit vectors, where z pairs
+    dimension i (real part) with dimension i + D/2 (imaginary part)."""
+    za = torch.complex(*F.normalize(a, dim=-1).chunk(2, dim=-1))
+    zb = torch.complex(*F.normalize(b, dim=-1).chunk(2, dim=-1))
+    product = za * zb.conj()
+    return (product.real.sum(-1) + product.imag.sum(-1)).abs()
+
+
+def test_cosent_matches_hand_computation(model):
+    a, b = random_embeddings(8, n=2)
+    loss = build_loss(CoSENTLossSpec(kind="cosent", temperature=0.05), model)([a, b], SCORES)
+    expected = cosent(F.cosine_similarity(a, b), SCORES, 20.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cosent_sees_only_the_order_of_scores(model):
+    a, b = random_embeddings(9, n=2)
+    loss_fn = build_loss(CoSENTLossSpec(kind="cosent"), model)
+    assert loss_fn([a, b], SCORES).item() == pytest.approx(loss_fn([a, b], SCORES * 5).item())
+
+
+def test_angle_is_cosent_with_the_angle_similarity(model):
+    a, b = random_embeddings(10, n=2)
+    loss = build_loss(CoSENTLossSpec(kind="angle", temperature=0.1), model)([a, b], SCORES)
+    expected = cosent(angle_similarity(a, b), SCORES, 10.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    cosine = build_loss(CoSENTLossSpec(kind="cosent", temperature=0.1), model)([a, b], SCORES)
+    assert loss.item() != pytest.approx(cosine.item(), rel=1e-3)
+
+
+def test_cosine_similarity_loss_is_mse_to_the_score(model):
+    a, b = random_embeddings(11, n=2)
+    loss = build_loss(CosineSimilarityLossSpec(kind="cosine"), model)([a, b], SCORES)
+    expected = ((F.cosine_similarity(a, b) - SCORES) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_contrastive_matches_hand_computation(model):
+    a, b = random_embeddings(12, n=2)
+    spec = ContrastiveLossSpec(kind="contrastive", margin=1.2)
+    loss = build_loss(spec, model)([a, b], LABELS)
+    d = 1 - F.cosine_similarity(a, b)
+    expected = 0.5 * (LABELS * d**2 + (1 - LABELS) * F.relu(1.2 - d) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_online_contrastive_counts_only_hard_pairs(model):
+    # Distances: positives (label 1) 0.2 and 0.9; negatives (label 0) 0.4 and 1.5.
+    # Hard positives: farther than the closest negative (0.4) → 0.9 only.
+    # Hard negatives: closer than the farthest positive (0.9) → 0.4 only.
+    a = torch.tensor([[1.0, 0.0]] * 4)
+    angles = torch.acos(1 - torch.tensor([0.2, 0.4, 0.9, 1.5]))
+    b = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    spec = ContrastiveLossSpec(kind="online_contrastive", margin=0.5)
+    loss = build_loss(spec, model)([a, b], labels)
+    expected = 0.9**2 + (0.5 - 0.4) ** 2
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_every_loss_kind_builds_a_library_loss(model):
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    for kind, cls in LOSS_CLASSES.items():
+        built = build_loss(cls(kind=kind), model)
+        inner = getattr(built, "inner", None) or built.cached
+        assert type(inner).__module__.startswith(st_losses.__name__), kind
+
+
 def test_loss_has_gradients(model):
     queries, positives = (e.requires_grad_() for e in random_embeddings(7, n=2))
     build_loss(infonce_spec(), model)([queries, positives]).backward()
@@ -214,3 +309,38 @@ def test_gathered_infonce_across_two_processes(model, tmp_path):
         assert result["q_grad"].abs().sum() > 0 and result["p_grad"].abs().sum() > 0
         torch.testing.assert_close(result["q_grad"], queries.grad[mine])
         torch.testing.assert_close(result["p_grad"], positives.grad[mine])
+
+
+# --------------------------------------------------------------------------- cached (GradCache)
+
+TEXTS = ["the red car", "a green house", "what color is the car", "the blue sky", "a dog"]
+
+
+def tokenized_batch(model, n_docs: int = 2) -> Batch:
+    """Queries and n_docs passage groups of the tiny corpus, padded as the training step does."""
+    ids = [torch.tensor(model.tokenizer(t)["input_ids"]) for t in TEXTS]
+    queries = ids[:4]
+    passages = [ids[(i + g + 1) % len(ids)] for g in range(n_docs) for i in range(4)]
+    return Batch(pad(queries, 0), pad(passages, 0), n_docs, None)
+
+
+def step_gradients(model, spec) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = build_loss(spec, model).step(PairEncoder(model), tokenized_batch(model))
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("dims", [None, [32, 8]], ids=["plain", "matryoshka"])
+def test_cached_infonce_gives_the_gradients_of_one_big_batch(tiny_model, dims):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_model, device="cpu").eval()  # no dropout: exact equality
+    plain = infonce_spec(matryoshka_dims=dims)
+    cached = LOSS_CLASSES["cached_mnrl"](kind="cached_mnrl", mini_batch_size=3, matryoshka_dims=dims)
+    plain_loss, plain_grads = step_gradients(model, plain)
+    cached_loss, cached_grads = step_gradients(model, cached)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert len(cached_grads) == len(plain_grads) > 0
+    for mine, reference in zip(cached_grads, plain_grads, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6)
