@@ -1,22 +1,39 @@
 """Held-out evaluation with sentence-transformers evaluators, the same for base and fine-tuned.
 
-Metrics come back as a flat ``{"ndcg@10": ..., "mrr@10": ..., "recall@10": ...}`` dict so that
-summaries, Ray Train reports and tables all speak the same names.
+Metrics come back as one flat dict so that summaries, Ray Train reports and tables all speak
+the same names: the retrieval set's ``ndcg@10``, ``mrr@10``, ``dim64/ndcg@10`` ..., and each
+named set's ``<name>/<metric>``: ``refutes/accuracy`` (triplets), ``labels/roc_auc``
+(labeled pairs), ``sts/spearman`` (scored pairs). Similarities are cosine throughout.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+import numpy as np
+from sentence_transformers.sentence_transformer.evaluation import (
+    BinaryClassificationEvaluator,
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+    TripletEvaluator,
+)
+from sklearn.metrics import roc_auc_score
+
+from orchestrator.data.sources import canonical_columns, converted, parse_records
+from orchestrator.errors import BadRowsError
+from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from orchestrator.spec import ExperimentSpec
+    from orchestrator.spec import EvalSet, ExperimentSpec
+
+log = logging.getLogger("orchestrator")
 
 
 def _read_jsonl(path: str) -> dict[str, str]:
@@ -73,15 +90,104 @@ def build_evaluator(
     )
 
 
+class BinaryClassificationWithAUC(BinaryClassificationEvaluator):
+    """sentence-transformers' pair classification metrics plus ROC AUC, which it lacks.
+
+    The library reports accuracy, F1, precision and recall at their best thresholds, AP and
+    MCC; ROC AUC (threshold-free, insensitive to the label balance) is computed here from the
+    same cosine similarities, reusing the embeddings the library computed.
+    """
+
+    def embed_inputs(self, model: SentenceTransformer, sentences: Any, **kwargs: Any) -> Any:
+        embeddings = super().embed_inputs(model, sentences, **kwargs)
+        self._embedded = dict(zip(sentences, embeddings, strict=True))
+        return embeddings
+
+    def compute_metrics(self, model: SentenceTransformer) -> dict[str, dict[str, float]]:
+        scores = super().compute_metrics(model)
+        first = np.stack([self._embedded[s] for s in self.sentences1])
+        second = np.stack([self._embedded[s] for s in self.sentences2])
+        cosine = np.sum(_unit(first) * _unit(second), axis=1)
+        scores["cosine"]["roc_auc"] = float(roc_auc_score(self.labels, cosine))
+        return scores
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+
+def read_eval_set(name: str, held_out: EvalSet, on_bad_rows: str = "skip") -> dict[str, list[Any]]:
+    """A named held-out file → canonical columns (anchor, positive, negative_1, score, label).
+
+    Broken rows are reported by file and line; skipped (and logged) or, with
+    ``on_bad_rows: fail``, an error, exactly like training rows.
+    """
+    mapping = canonical_columns(held_out.columns)
+    path = Path(held_out.path)
+    rows: dict[str, list[Any]] = {column: [] for column in mapping}
+    bad: list[str] = []
+    for number, record, problem in parse_records(path.read_bytes(), held_out.file_format):
+        row, problem = (None, problem) if problem else converted(record, mapping)
+        if row is None:
+            bad.append(f"{path}:{number}: {problem}")
+            continue
+        for column, value in row.items():
+            rows[column].append(value)
+        if held_out.max_rows and len(rows[ANCHOR]) == held_out.max_rows:
+            break
+    if bad and on_bad_rows == "fail":
+        raise BadRowsError(f"data.eval_sets.{name}: {len(bad)} bad row(s), e.g. {bad[0]}")
+    if bad:
+        log.warning("data.eval_sets.%s: skipped %d bad row(s), e.g. %s", name, len(bad), bad[0])
+    if not rows[ANCHOR]:
+        raise BadRowsError(f"data.eval_sets.{name}: no usable rows in {path}")
+    return rows
+
+
+def build_set_evaluator(name: str, held_out: EvalSet, spec: ExperimentSpec):
+    """The library evaluator of one named set, with the prompts training used.
+
+    The triplet evaluator embeds with ``encode_query``/``encode_document``, which apply the
+    prompts :func:`orchestrator.modeling.load_encoder` set from the spec; the pair evaluators
+    call plain ``encode``, so their texts get the same prompts here, as training's do.
+    """
+    rows = read_eval_set(name, held_out, spec.data.on_bad_rows)
+    common = {"name": name, "batch_size": spec.eval.batch_size, "write_csv": False}
+    cosine = {"similarity_fn_names": ["cosine"]}
+    if held_out.kind == "triplets":
+        triplets = rows[ANCHOR], rows[POSITIVE], rows["negative_1"]
+        return TripletEvaluator(*triplets, **common, **cosine)
+    anchors = [spec.model.query_prompt + text for text in rows[ANCHOR]]
+    seconds = [spec.model.passage_prompt + text for text in rows[POSITIVE]]
+    if held_out.kind == "labeled_pairs":
+        labels = [int(label) for label in rows[LABEL]]
+        return BinaryClassificationWithAUC(anchors, seconds, labels, **common, **cosine)
+    return EmbeddingSimilarityEvaluator(anchors, seconds, rows[SCORE], **common, **cosine)
+
+
+def _set_metric(raw_key: str, name: str) -> str:
+    """``refutes_cosine_accuracy`` → ``accuracy``; ``sts_spearman_cosine`` → ``spearman``."""
+    parts = raw_key.removeprefix(name + "_").split("_")
+    return "_".join(part for part in parts if part != "cosine")
+
+
 def evaluate(model: SentenceTransformer, spec: ExperimentSpec) -> dict[str, float]:
     """Run the held-out evaluators on a model; flat metric names, e.g. ``ndcg@10``.
 
-    Each of ``eval.matryoshka_dims`` adds the same metrics on truncated embeddings, named
-    ``dim<d>/ndcg@10``.
+    Each of ``eval.matryoshka_dims`` adds the retrieval metrics on truncated embeddings, named
+    ``dim<d>/ndcg@10``; each named set adds ``<name>/<metric>``.
     """
-    metrics, retrieval_set = {}, load_retrieval_set(spec)
-    for dim in [None, *spec.eval.matryoshka_dims]:
-        prefix = f"dim{dim}/" if dim else ""
-        raw = build_evaluator(spec, retrieval_set, dim)(model)  # "heldout_cosine_ndcg@10", ...
-        metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
+    metrics: dict[str, float] = {}
+    if spec.data.eval is not None:
+        retrieval_set = load_retrieval_set(spec)
+        for dim in [None, *spec.eval.matryoshka_dims]:
+            prefix = f"dim{dim}/" if dim else ""
+            raw = build_evaluator(spec, retrieval_set, dim)(model)  # "heldout_cosine_ndcg@10"
+            metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
+    for name, held_out in spec.data.eval_sets.items():
+        raw = build_set_evaluator(name, held_out, spec)(model)
+        for key, value in sorted(raw.items()):
+            metric = _set_metric(key, name)
+            if metric in held_out.metrics:
+                metrics[f"{name}/{metric}"] = float(value)
     return metrics

@@ -123,7 +123,8 @@ class ColumnMap(_Section):
         return SCORED_PAIRS if self.score else LABELED_PAIRS if self.label else PAIRS
 
     def file_columns(self) -> list[str]:
-        return [self.anchor, self.positive, *self.negatives, *filter(None, [self.score, self.label])]
+        numbers = [name for name in (self.score, self.label) if name]
+        return [self.anchor, self.positive, *self.negatives, *numbers]
 
 
 class _FileSource(_Section):

@@ -43,7 +43,8 @@ def canonical_columns(columns: ColumnMap) -> dict[str, str]:
     """Canonical column → the file's column: anchor, positive, negative_1..n, score or label."""
     mapping = {ANCHOR: columns.anchor, POSITIVE: columns.positive}
     mapping.update({f"negative_{i}": name for i, name in enumerate(columns.negatives, start=1)})
-    mapping.update({c: name for c, name in ((SCORE, columns.score), (LABEL, columns.label)) if name})
+    numbers = {SCORE: columns.score, LABEL: columns.label}
+    mapping.update({canonical: name for canonical, name in numbers.items() if name})
     return mapping
 
 

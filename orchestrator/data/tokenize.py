@@ -99,4 +99,5 @@ def collate(rows: dict[str, np.ndarray], pad_id: int) -> Batch:
     passages = [seq for column in docs for seq in rows[column]]
     numbers = next((rows[c] for c in (SCORE, LABEL) if c in rows), None)
     labels = None if numbers is None else torch.as_tensor(np.asarray(numbers, dtype=np.float32))
-    return Batch(pad(list(rows[ANCHOR + IDS_SUFFIX]), pad_id), pad(passages, pad_id), len(docs), labels)
+    queries = pad(list(rows[ANCHOR + IDS_SUFFIX]), pad_id)
+    return Batch(queries, pad(passages, pad_id), len(docs), labels)

@@ -1,10 +1,19 @@
-"""Held-out evaluation, including the same metrics on truncated (Matryoshka) embeddings."""
+"""Held-out evaluation: retrieval (and its Matryoshka cuts) and the named sets — triplet
+accuracy, pair classification with ROC AUC, STS correlation — each against a hand computation."""
 
 from __future__ import annotations
 
-from orchestrator.evaluation import evaluate
+import json
+from itertools import product
+
+import numpy as np
+import pytest
+
+from orchestrator.errors import BadRowsError
+from orchestrator.evaluation import evaluate, read_eval_set
 from orchestrator.modeling import load_encoder
 from orchestrator.spec import load_spec
+from tests.conftest import pairs, write_jsonl
 
 
 def test_matryoshka_dims_add_truncated_metrics(tiny_spec, tiny_model):
@@ -16,3 +25,138 @@ def test_matryoshka_dims_add_truncated_metrics(tiny_spec, tiny_model):
         assert f"{prefix}mrr@10" in metrics and f"{prefix}recall@1" in metrics
     # 8 of 32 dimensions rank differently from all 32.
     assert metrics["dim8/ndcg@10"] != metrics["ndcg@10"]
+
+
+# --------------------------------------------------------------------------- named sets
+
+ROWS = pairs(7, 12)
+QUERY_PROMPT, PASSAGE_PROMPT = "what ", "the "
+
+
+def cosine(model, first: list[str], second: list[str]) -> np.ndarray:
+    a, b = model.encode(first), model.encode(second)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based), ties sharing the mean of their positions."""
+    order = np.argsort(values, kind="stable")
+    out = np.empty(len(values))
+    out[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        out[tied] = out[tied].mean()
+    return out
+
+
+@pytest.fixture
+def named_sets(tmp_path, tiny_spec):
+    """The tiny spec with a triplet, a labeled-pair and a scored-pair set (and prompts)."""
+    write_jsonl(tmp_path / "triplets.jsonl", ROWS)
+    labeled = [
+        {"s1": r["question"], "s2": r[col], "same": int(col == "answer")}
+        for r, col in product(ROWS, ["answer", "wrong"])
+    ]
+    write_jsonl(tmp_path / "labeled.jsonl", labeled)
+    scored = "s1,s2,sim\n" + "".join(
+        f"{r['question']},{r['answer']},{i % 5}\n" for i, r in enumerate(ROWS)
+    )
+    (tmp_path / "scored.csv").write_text(scored)
+    tiny_spec["model"].update(query_prompt=QUERY_PROMPT, passage_prompt=PASSAGE_PROMPT)
+    tiny_spec["data"]["eval_sets"] = {
+        "refutes": {
+            "kind": "triplets",
+            "path": str(tmp_path / "triplets.jsonl"),
+            "columns": {"anchor": "question", "positive": "answer", "negatives": ["wrong"]},
+        },
+        "labels": {
+            "kind": "labeled_pairs",
+            "path": str(tmp_path / "labeled.jsonl"),
+            "columns": {"anchor": "s1", "positive": "s2", "label": "same"},
+        },
+        "sts": {
+            "kind": "scored_pairs",
+            "path": str(tmp_path / "scored.csv"),
+            "columns": {"anchor": "s1", "positive": "s2", "score": "sim"},
+        },
+    }
+    return tiny_spec, labeled, scored
+
+
+@pytest.fixture
+def set_metrics(named_sets, tiny_model):
+    spec = load_spec(named_sets[0])
+    model = load_encoder(tiny_model, spec.model)
+    return evaluate(model, spec), model
+
+
+def test_named_sets_report_their_metrics(set_metrics):
+    metrics, _ = set_metrics
+    names = {k for k in metrics if "/" in k and not k.startswith("dim")}
+    assert names == {
+        "refutes/accuracy",
+        *(f"labels/{m}" for m in ("roc_auc", "ap", "accuracy", "f1", "precision", "recall", "mcc")),
+        "sts/spearman",
+        "sts/pearson",
+    }
+    assert "ndcg@10" in metrics  # the retrieval set is still evaluated
+
+
+def test_triplet_accuracy_matches_hand_computation(set_metrics):
+    metrics, model = set_metrics
+    anchors = [QUERY_PROMPT + r["question"] for r in ROWS]
+    closer = cosine(model, anchors, [PASSAGE_PROMPT + r["answer"] for r in ROWS]) > cosine(
+        model, anchors, [PASSAGE_PROMPT + r["wrong"] for r in ROWS]
+    )
+    assert metrics["refutes/accuracy"] == pytest.approx(closer.mean())
+
+
+def test_roc_auc_matches_the_mann_whitney_count(named_sets, set_metrics):
+    _, labeled, _ = named_sets
+    metrics, model = set_metrics
+    sims = cosine(
+        model,
+        [QUERY_PROMPT + r["s1"] for r in labeled],
+        [PASSAGE_PROMPT + r["s2"] for r in labeled],
+    )
+    labels = np.array([r["same"] for r in labeled])
+    positives, negatives = sims[labels == 1], sims[labels == 0]
+    # AUC = P(a random similar pair scores above a random dissimilar one), ties count half.
+    wins = [(p > n) + 0.5 * (p == n) for p in positives for n in negatives]
+    assert metrics["labels/roc_auc"] == pytest.approx(np.mean(wins))
+    assert 0.0 <= metrics["labels/ap"] <= 1.0
+
+
+def test_spearman_matches_hand_computation(set_metrics):
+    metrics, model = set_metrics
+    scores = np.array([i % 5 for i in range(len(ROWS))], dtype=float)
+    sims = cosine(
+        model,
+        [QUERY_PROMPT + r["question"] for r in ROWS],
+        [PASSAGE_PROMPT + r["answer"] for r in ROWS],
+    )
+    expected = np.corrcoef(ranks(sims), ranks(scores))[0, 1]
+    assert metrics["sts/spearman"] == pytest.approx(expected)
+    assert metrics["sts/pearson"] == pytest.approx(np.corrcoef(sims, scores)[0, 1], rel=1e-4)
+
+
+def test_sets_can_replace_the_retrieval_set(named_sets, tiny_model):
+    raw, _, _ = named_sets
+    del raw["data"]["eval"]
+    raw["eval"] = {"main_metric": "labels/roc_auc"}
+    spec = load_spec(raw)
+    metrics = evaluate(load_encoder(tiny_model, spec.model), spec)
+    assert "ndcg@10" not in metrics and "labels/roc_auc" in metrics
+
+
+def test_bad_rows_of_a_set_are_named_and_skipped_or_fatal(named_sets, tmp_path):
+    raw, _, _ = named_sets
+    path = tmp_path / "triplets.jsonl"
+    path.write_text(path.read_text() + json.dumps({"question": "q", "answer": "a"}) + "\n")
+    spec = load_spec(raw)
+    rows = read_eval_set("refutes", spec.data.eval_sets["refutes"])
+    assert len(rows["anchor"]) == len(ROWS)
+    with pytest.raises(BadRowsError, match=rf"{path}:13: missing 'wrong' \(negative_1\)"):
+        read_eval_set("refutes", spec.data.eval_sets["refutes"], on_bad_rows="fail")

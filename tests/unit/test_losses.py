@@ -15,6 +15,7 @@ from orchestrator.data.tokenize import Batch, pad
 from orchestrator.losses import build_loss, negatives_per_query
 from orchestrator.spec import (
     LOSS_CLASSES,
+    CachedInfoNCELoss,
     ContrastiveLossSpec,
     CoSENTLossSpec,
     CosineSimilarityLossSpec,
@@ -131,7 +132,7 @@ LABELS = torch.tensor([1.0, 0.0, 1.0, 0.0])
 
 
 def cosent(similarities: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
-    """log(1 + Σ_{score_i > score_j} exp(scale·(s_j − s_i))), written as the paper does."""
+    """log(1 + Σ_{score_i > score_j} exp(scale·(s_j - s_i))), written as the paper does."""
     terms = [
         scale * (similarities[j] - similarities[i])
         for i in range(len(scores))
@@ -337,7 +338,7 @@ def test_cached_infonce_gives_the_gradients_of_one_big_batch(tiny_model, dims):
 
     model = SentenceTransformer(tiny_model, device="cpu").eval()  # no dropout: exact equality
     plain = infonce_spec(matryoshka_dims=dims)
-    cached = LOSS_CLASSES["cached_mnrl"](kind="cached_mnrl", mini_batch_size=3, matryoshka_dims=dims)
+    cached = CachedInfoNCELoss(kind="cached_mnrl", mini_batch_size=3, matryoshka_dims=dims)
     plain_loss, plain_grads = step_gradients(model, plain)
     cached_loss, cached_grads = step_gradients(model, cached)
     assert cached_loss == pytest.approx(plain_loss, rel=1e-5)

@@ -113,9 +113,7 @@ BAD_SPECS = [
         "greater than 0",
         id="cached-mini-batch",
     ),
-    pytest.param(
-        {"data.eval": REMOVE}, "data", "no held-out data", id="no-held-out-data"
-    ),
+    pytest.param({"data.eval": REMOVE}, "data", "no held-out data", id="no-held-out-data"),
     pytest.param(
         {"data.eval_sets.refutes": {"kind": "triplets", "path": "t.jsonl"}},
         "data.eval_sets.refutes",
