@@ -33,15 +33,22 @@ def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir:
 
 #: The metrics shown in tables and model cards; summary.json keeps every metric.
 HEADLINE = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10")
+#: The headline metric of each kind of named held-out set (``<set>/<metric>``).
+SET_HEADLINE = ("accuracy", "roc_auc", "spearman")
 
 
 def compared(
     summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE
 ) -> list[tuple[str, float, float, float]]:
-    """(metric, base, fine-tuned, Δ) for the verdict's metric, then ``metrics``, both scored."""
+    """(metric, base, fine-tuned, Δ): the verdict's, ``metrics``, each named set's headline."""
     base, tuned = summary["baseline"], summary["finetuned"]
-    names = dict.fromkeys((summary["verdict"]["metric"], *metrics))
+    sets = [n for n in base if "/" in n and not n.startswith("dim") and _metric(n) in SET_HEADLINE]
+    names = dict.fromkeys((summary["verdict"]["metric"], *metrics, *sets))
     return [(n, base[n], tuned[n], tuned[n] - base[n]) for n in names if n in base and n in tuned]
+
+
+def _metric(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
 
 
 def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE) -> str:

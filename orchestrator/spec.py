@@ -122,10 +122,6 @@ class ColumnMap(_Section):
             return TRIPLETS
         return SCORED_PAIRS if self.score else LABELED_PAIRS if self.label else PAIRS
 
-    def file_columns(self) -> list[str]:
-        numbers = [name for name in (self.score, self.label) if name]
-        return [self.anchor, self.positive, *self.negatives, *numbers]
-
 
 class _FileSource(_Section):
     path: str = Field(description="A file, a folder or a glob; local or s3://bucket/key.")

@@ -287,3 +287,13 @@ def test_tensorboard_without_tensorboardx_returns_none(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import now raises ImportError
     assert write_tensorboard(make_history(), tmp_path / "tb") is None
     assert not (tmp_path / "tb").exists()
+
+
+def test_comparison_table_shows_each_named_sets_headline_metric():
+    from orchestrator.export import comparison_table
+
+    base = {"ndcg@10": 0.5, "refutes/accuracy": 0.6, "labels/roc_auc": 0.7, "labels/f1": 0.4}
+    tuned = {"ndcg@10": 0.6, "refutes/accuracy": 0.8, "labels/roc_auc": 0.75, "labels/f1": 0.5}
+    summary = {"baseline": base, "finetuned": tuned, "verdict": {"metric": "labels/roc_auc"}}
+    rows = [line.split(" | ")[0].strip("| ") for line in comparison_table(summary).splitlines()]
+    assert rows[2:] == ["labels/roc_auc", "ndcg@10", "refutes/accuracy"]
