@@ -7,7 +7,8 @@ BIG-bench's source distribution on PyPI carries these files. We download it once
   SQuAD-style sets another paragraph of the same article, for VitaminC the refuting evidence
   for the same claim: natural hard negatives;
 - ``<home>/<name>/eval/``: a held-out retrieval set in BEIR layout (``corpus.jsonl``,
-  ``queries.jsonl``, ``qrels.tsv``), plus ``triplets.jsonl`` where the data has negatives.
+  ``queries.jsonl``, ``qrels.tsv``), plus ``triplets.jsonl`` and labeled ``pairs.jsonl`` where
+  the data has negatives (VitaminC, which also gets labeled training pairs).
 
 The split is by article (SQuAD, New Wiki, NYT, Amazon), by page (VitaminC) or by paragraph
 (Reddit, one "article"): a question whose paragraph was trained on would leak its answer.
@@ -30,7 +31,7 @@ from orchestrator.assets import data_home, pip_download
 
 BIGBENCH = "bigbench==1.0.0"
 TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 HELD_OUT_FRACTION = 0.15
 MIN_GROUPS = 20  # fewer articles than this: hold out paragraphs instead
 SEED = 13
@@ -203,8 +204,10 @@ def _vitaminc_examples(source: Path) -> dict[tuple[str, str], dict[str, list[str
 def prepare_vitaminc(source: Path, out: Path) -> dict[str, int]:
     """Claims with a supporting and a refuting passage → (claim, support, refute) triplets.
 
-    Held out by Wikipedia page. The eval set is both a triplet file (does the model rank the
-    supporting passage above the refuting one?) and a retrieval set over all held-out evidence.
+    Held out by Wikipedia page. ``train_labeled.jsonl`` holds the same training claims as
+    labeled pairs (claim, evidence, 1 supports / 0 refutes). The eval set is a triplet file
+    (does the model rank the supporting passage above the refuting one?), the same as labeled
+    pairs (ROC AUC of supports vs refutes), and a retrieval set over all held-out evidence.
     Garbled characters (U+FFFD) in the upstream text are kept: the reader reports those rows.
     """
     claims = _vitaminc_examples(source)
@@ -226,10 +229,20 @@ def prepare_vitaminc(source: Path, out: Path) -> dict[str, int]:
             doc_ids.setdefault(text, f"e{len(doc_ids)}")
             corpus[doc_ids[text]] = text
         qrels[qid] = doc_ids[row["positive"]]
-    rows = write_jsonl(out / "train.jsonl", interleave(train))
+    rows = interleave(train)
+    write_jsonl(out / "train.jsonl", rows)
+    write_jsonl(out / "train_labeled.jsonl", labeled_pairs(rows))
     write_jsonl(out / "eval" / "triplets.jsonl", triplets)
+    write_jsonl(out / "eval" / "pairs.jsonl", labeled_pairs(triplets))
     write_retrieval_set(out / "eval", corpus, queries, qrels)
-    return {"train_rows": rows, "eval_queries": len(queries), "eval_corpus": len(corpus)}
+    return {"train_rows": len(rows), "eval_queries": len(queries), "eval_corpus": len(corpus)}
+
+
+def labeled_pairs(triplets: list[dict]) -> Iterable[dict]:
+    """(claim, support, refute) → (claim, support, 1) and (claim, refute, 0)."""
+    for row in triplets:
+        yield {"anchor": row["anchor"], "evidence": row["positive"], "label": 1}
+        yield {"anchor": row["anchor"], "evidence": row["negative"], "label": 0}
 
 
 PREPARERS = {"squad": prepare_squad, "vitaminc": prepare_vitaminc}

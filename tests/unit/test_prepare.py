@@ -208,6 +208,20 @@ def test_vitaminc_held_out_pages_never_appear_in_train(vitaminc):
     assert len(held) == round(0.15 * 20)
 
 
+@pytest.mark.parametrize(
+    ("triplets", "pairs"),
+    [("train.jsonl", "train_labeled.jsonl"), ("eval/triplets.jsonl", "eval/pairs.jsonl")],
+)
+def test_vitaminc_labeled_pairs_are_the_triplets_split_by_label(vitaminc, triplets, pairs):
+    expected = [
+        (row["anchor"], row[column], int(column == "positive"))
+        for row in read_jsonl(vitaminc / triplets)
+        for column in ("positive", "negative")
+    ]
+    got = [(r["anchor"], r["evidence"], r["label"]) for r in read_jsonl(vitaminc / pairs)]
+    assert got == expected and expected
+
+
 def test_vitaminc_retrieval_set_holds_support_and_refute(vitaminc):
     corpus = {d["_id"]: d["text"] for d in read_jsonl(vitaminc / "eval" / "corpus.jsonl")}
     queries = {q["_id"]: q["text"] for q in read_jsonl(vitaminc / "eval" / "queries.jsonl")}
