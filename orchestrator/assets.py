@@ -102,8 +102,39 @@ def fetch_model(name: str) -> Path:
     return target
 
 
+#: ``model.base: spec:experiments/stage1.yaml``: the model that spec's run exported.
+SPEC_PREFIX = "spec:"
+
+
+def trained_model(spec_path: str, fetch: bool = True) -> Path:
+    """The exported model of another spec's finished run: a stage of a multi-stage recipe.
+
+    Specs are deterministic (run id = content hash), so a later stage names the earlier stage's
+    spec instead of a path with a hash in it. A run in object storage is pulled (verified)
+    into the data home. Raises FileNotFoundError, with the command to run, when it is missing.
+    """
+    from orchestrator.spec import load_spec
+    from orchestrator.storage import MANIFEST, Location, list_keys, pull
+
+    earlier = load_spec(spec_path)
+    model = Location.of(earlier.storage).join(earlier.name, earlier.run_id, "model")
+    if MANIFEST not in set(list_keys(model)):  # written last: the export is complete
+        raise FileNotFoundError(
+            f"{spec_path} has no exported model at {model.uri} yet: run "
+            f"`python -m orchestrator run {spec_path}` first"
+        )
+    if not model.is_remote:
+        return model.path.resolve()
+    local = data_home() / "pulled" / earlier.name / earlier.run_id
+    if fetch and not (local / "config.json").is_file():
+        pull(model, local)
+    return local
+
+
 def resolve_model(base: str, fetch: bool = True) -> str:
     """Turn a spec's ``model.base`` into something ``SentenceTransformer()`` loads offline."""
+    if base.startswith(SPEC_PREFIX):
+        return str(trained_model(base.removeprefix(SPEC_PREFIX), fetch))
     path = Path(base).expanduser()
     if path.is_dir():
         return str(path.resolve())

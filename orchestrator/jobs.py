@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlparse
 
 import orchestrator
-from orchestrator.assets import KNOWN_MODELS
+from orchestrator.assets import KNOWN_MODELS, SPEC_PREFIX, resolve_model
 from orchestrator.spec import ExperimentSpec, SpecError
 
 if TYPE_CHECKING:
@@ -106,6 +106,8 @@ def stage(
             node = node[part]
         node[key] = _ship(path, folder, "inputs/" + "/".join([*section[1:], key]))
     base = raw["model"]["base"]
+    if base.startswith(SPEC_PREFIX):  # an earlier stage's model: ship the folder itself
+        base = resolve_model(base)
     if base not in KNOWN_MODELS and Path(base).expanduser().is_dir():
         raw["model"]["base"] = _ship(base, folder, "inputs/model", as_folder=True)
     if "://" not in raw["storage"]["uri"]:

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from orchestrator.assets import KNOWN_MODELS, resolve_model
+from orchestrator.assets import KNOWN_MODELS, SPEC_PREFIX, resolve_model
 from orchestrator.spec import ExperimentSpec, SpecError
 
 log = logging.getLogger("orchestrator")
@@ -53,19 +53,7 @@ def preflight(spec: ExperimentSpec) -> list[str]:
         if not _exists(path):
             problems.append(f"{where}: {path} does not exist ({_PREPARE_HINT})")
 
-    base = spec.model.base
-    model_path = resolve_model(base, fetch=False)
-    dim = None
-    if Path(model_path).is_dir():
-        dim = embedding_dim(model_path)
-    elif base in KNOWN_MODELS:
-        dim = KNOWN_MODELS[base].dim
-        warnings.append(f"model.base: {base} is not downloaded yet; `run` fetches it")
-    elif "/" not in base:
-        problems.append(
-            f"model.base: {base!r} is neither a folder, a known offline model "
-            f"({', '.join(KNOWN_MODELS)}) nor a Hub id like 'org/name'"
-        )
+    dim = _check_model(spec.model.base, problems, warnings)
     for field, dims in (
         ("loss.matryoshka_dims", spec.loss.matryoshka_dims),
         ("eval.matryoshka_dims", spec.eval.matryoshka_dims),
@@ -78,6 +66,28 @@ def preflight(spec: ExperimentSpec) -> list[str]:
     for warning in warnings:
         log.warning(warning)
     return warnings
+
+
+def _check_model(base: str, problems: list[str], warnings: list[str]) -> int | None:
+    """Can ``model.base`` be loaded (or fetched)? Its embedding size where known."""
+    try:
+        model_path = resolve_model(base, fetch=False)
+    except (FileNotFoundError, SpecError) as exc:  # spec:<earlier stage> not run (or invalid)
+        problems.append(f"model.base: {exc}")
+        return None
+    if Path(model_path).is_dir():
+        return embedding_dim(model_path)
+    if base.startswith(SPEC_PREFIX):
+        warnings.append(f"model.base: {base} is in object storage; `run` pulls it")
+    elif base in KNOWN_MODELS:
+        warnings.append(f"model.base: {base} is not downloaded yet; `run` fetches it")
+        return KNOWN_MODELS[base].dim
+    elif "/" not in base:
+        problems.append(
+            f"model.base: {base!r} is neither a folder, a known offline model "
+            f"({', '.join(KNOWN_MODELS)}) nor a Hub id like 'org/name'"
+        )
+    return None
 
 
 def temperature_warnings(spec: ExperimentSpec) -> list[str]:

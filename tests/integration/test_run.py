@@ -203,3 +203,26 @@ def test_labeled_pairs_train_and_are_judged_on_roc_auc(ray_cluster, tiny_model, 
         assert 0.0 <= metrics["labels/roc_auc"] <= 1.0 and "ndcg@10" not in metrics
     card = (result.model_dir / "README.md").read_text()
     assert "| labels/roc_auc |" in card
+
+
+def test_a_later_stage_names_the_earlier_stages_spec_as_its_base(first_run, tmp_path):
+    """`model.base: spec:<stage 1>` resolves to the model that spec's run exported."""
+    import yaml
+
+    from orchestrator.assets import resolve_model
+    from orchestrator.preflight import preflight
+    from orchestrator.spec import SpecError, load_spec
+
+    spec, result = first_run
+    stage1 = tmp_path / "stage1.yaml"
+    stage1.write_text(yaml.safe_dump(spec))
+    assert resolve_model(f"spec:{stage1}") == str(result.model_dir.resolve())
+    preflight(load_spec(dict(spec, model={**spec["model"], "base": f"spec:{stage1}"})))
+
+    not_run = tmp_path / "not-run.yaml"
+    not_run.write_text(yaml.safe_dump(dict(spec, name="never-run")))
+    stage2 = load_spec(dict(spec, model={**spec["model"], "base": f"spec:{not_run}"}))
+    with pytest.raises(
+        SpecError, match=rf"model.base: .*run `python -m orchestrator run {not_run}`"
+    ):
+        preflight(stage2)
