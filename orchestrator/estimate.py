@@ -13,13 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.assets import resolve_model
-from orchestrator.data.sources import (
-    EXTENSIONS,
-    canonical_columns,
-    converted,
-    parse_records,
-    resolve_paths,
-)
+from orchestrator.data.sources import local_rows
 from orchestrator.losses import negatives_per_query
 from orchestrator.spec import ExperimentSpec
 
@@ -111,31 +105,18 @@ def estimate(spec: ExperimentSpec) -> Estimate:
 
 def _count(source) -> tuple[int, int, list[list[str]]]:
     """(usable rows, bad rows, the texts of the first usable rows) of a local source."""
-    mapping = canonical_columns(source.columns)
     rows = bad = 0
     sample: list[list[str]] = []
-    for path in resolve_paths(source.path):
-        for file in _files(Path(path), EXTENSIONS[source.format]):
-            for _, record, problem in parse_records(
-                file.read_bytes(), source.format, getattr(source, "delimiter", ",")
-            ):
-                row, problem = (None, problem) if problem else converted(record, mapping)
-                if row is None:
-                    bad += 1
-                    continue
-                rows += 1
-                if len(sample) < SAMPLE_ROWS:
-                    sample.append([v for v in row.values() if isinstance(v, str)])
+    for row, _problem in local_rows(source):
+        if row is None:
+            bad += 1
+            continue
+        rows += 1
+        if len(sample) < SAMPLE_ROWS:
+            sample.append([v for v in row.values() if isinstance(v, str)])
     if source.max_rows:
         rows = min(rows, source.max_rows)
     return rows, bad, sample
-
-
-def _files(path: Path, extensions: list[str]) -> list[Path]:
-    """A file, or a folder's files with the format's extensions (as Ray Data reads them)."""
-    if not path.is_dir():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix[1:] in extensions)
 
 
 def _tokenizer(spec: ExperimentSpec):

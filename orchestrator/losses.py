@@ -113,7 +113,8 @@ def _infonce(spec: InfoNCELoss, model: SentenceTransformer, world_size: int) -> 
     return st_losses.MultipleNegativesRankingLoss(model, **options)
 
 
-def _library_loss(spec: Loss, model: SentenceTransformer, world_size: int) -> torch.nn.Module:
+def library_loss(spec: Loss, model: SentenceTransformer, world_size: int = 1) -> torch.nn.Module:
+    """The sentence-transformers loss of ``spec`` (no Matryoshka), as its own trainer takes it."""
     kind = spec.kind
     if isinstance(spec, InfoNCELoss):
         return _infonce(spec, model, world_size)
@@ -142,7 +143,7 @@ def build_loss(
     spec: Loss, model: SentenceTransformer, world_size: int = 1
 ) -> EmbeddingLoss | CachedEmbeddingLoss:
     """The training objective of ``spec``; ``.step(encoder, batch)`` gives a step's loss."""
-    inner = _library_loss(spec, model, world_size)
+    inner = library_loss(spec, model, world_size)
     if not isinstance(spec, CachedInfoNCELoss):
         return EmbeddingLoss(inner, spec.matryoshka_dims, spec.matryoshka_weights)
     if not spec.matryoshka_dims:

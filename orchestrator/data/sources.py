@@ -178,6 +178,29 @@ def resolve_paths(path: str) -> list[str]:
     return [str(Path(path).resolve())]
 
 
+def _files(path: Path, extensions: list[str]) -> list[Path]:
+    """A file, or a folder's files with the format's extensions (as Ray Data reads them)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix[1:] in extensions)
+
+
+def local_rows(source: Source) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
+    """(canonical row, None) or (None, "file:line: problem") for each row of a local source.
+
+    Without Ray: for estimates and references on the driver; training reads with Ray Data.
+    """
+    mapping = canonical_columns(source.columns)
+    delimiter = getattr(source, "delimiter", ",")
+    for path in resolve_paths(source.path):
+        for file in _files(Path(path), EXTENSIONS[source.format]):
+            for number, record, problem in parse_records(
+                file.read_bytes(), source.format, delimiter
+            ):
+                row, problem = (None, problem) if problem else converted(record, mapping)
+                yield row, None if row else f"{file}:{number}: {problem}"
+
+
 def read_source(
     name: str, source: Source, num_cpus: float = 0.5
 ) -> tuple[ray.data.Dataset, SourceReport]:

@@ -1,0 +1,191 @@
+"""Quality table: each experiment run by the orchestrator and by plain sentence-transformers.
+
+For every spec given, in one process:
+
+* **ours**: ``orchestrator.run(spec, fresh=True)``: Ray Data, Ray Train, export, evaluation;
+* **plain**: sentence-transformers' own ``SentenceTransformerTrainer`` on the same base model
+  (same max_seq_length, pooling, prompts, attention dropout, LoRA), the same training rows,
+  the same library loss with the same arguments, batch size, steps, learning rate, schedule,
+  warm-up, weight decay, clipping, seed and CPU threads; then the same held-out evaluation
+  (:func:`orchestrator.evaluation.evaluate`) on the same base-model baseline.
+
+Each result is appended to ``bench/quality.jsonl`` (one JSON object per runner) and printed
+as a markdown row for ``bench/RESULTS.md``:
+
+    .venv/bin/pip install -c constraints/cpu.txt -e '.[bench]'   # the plain trainer's needs
+    .venv/bin/python bench/quality.py experiments/quickstart.yaml [...] [--only ours|plain]
+
+Differences that remain, by design: sentence-transformers samples several sources in
+proportion to their sizes (``multi_dataset_batch_sampler="proportional"``), the spec by its
+weights; and it shuffles whole datasets, the orchestrator streams with a shuffle buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).with_name("quality.jsonl")
+
+
+def training_rows(spec) -> dict[str, list[dict[str, Any]]]:
+    """Canonical rows of each source, as the project's reader cleans them (bad rows dropped)."""
+    from orchestrator.data.sources import local_rows
+
+    out = {}
+    for name, source in spec.data.sources.items():
+        rows = [row for row, _ in local_rows(source) if row is not None]
+        out[name] = rows[: source.max_rows] if source.max_rows else rows
+    return out
+
+
+def plain_run(spec, steps: int) -> dict[str, Any]:
+    """Train with SentenceTransformerTrainer at the spec's budget; evaluate like ours."""
+    import torch
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from orchestrator.assets import resolve_model
+    from orchestrator.evaluation import evaluate
+    from orchestrator.losses import library_loss
+    from orchestrator.modeling import attach_lora, load_encoder, merge_lora
+
+    torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+    model = load_encoder(resolve_model(spec.model.base), spec.model)
+    if spec.lora:
+        attach_lora(model, spec.lora)
+    loss = library_loss(spec.loss, model)
+    if spec.loss.matryoshka_dims:
+        dims = spec.loss.matryoshka_dims
+        weights = spec.loss.matryoshka_weights or [1.0] * len(dims)
+        loss = st_losses.MatryoshkaLoss(model, loss, dims, weights)
+    sources = {name: Dataset.from_list(rows) for name, rows in training_rows(spec).items()}
+    dataset = sources[next(iter(sources))] if len(sources) == 1 else DatasetDict(sources)
+    prompts = {"anchor": spec.model.query_prompt} if spec.model.query_prompt else {}
+    passage = spec.model.passage_prompt
+    if passage:
+        text_columns = {c for d in sources.values() for c in d.column_names if c != "anchor"}
+        prompts.update({c: passage for c in text_columns if c not in ("score", "label")})
+    train = spec.train
+    with tempfile.TemporaryDirectory() as scratch:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=scratch,
+            max_steps=steps,
+            per_device_train_batch_size=train.batch_size,
+            learning_rate=train.lr,
+            weight_decay=train.weight_decay,
+            lr_scheduler_type=train.schedule,
+            warmup_ratio=train.warmup_ratio,
+            max_grad_norm=train.max_grad_norm or 0.0,
+            seed=train.seed,
+            bf16=train.precision == "bf16",
+            gradient_checkpointing=train.gradient_checkpointing,
+            dataloader_drop_last=True,
+            multi_dataset_batch_sampler="proportional",
+            prompts=prompts or None,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=train.log_every,
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=loss
+        )
+        start = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - start
+    merge_lora(model)
+    model.eval()
+    return {"finetuned": evaluate(model, spec), "train_s": train_s}
+
+
+def ours_run(spec) -> dict[str, Any]:
+    from orchestrator import run
+
+    result = run(spec, fresh=True)
+    timings = result.summary["timings_s"]
+    return {
+        "baseline": result.baseline,
+        "finetuned": result.finetuned,
+        "train_s": timings["train"],
+        "total_s": timings["total"],
+    }
+
+
+def row(experiment: str, runner: str, main: str, base: float, tuned: float, seconds: float):
+    return (
+        f"| {experiment} | {runner} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} | "
+        f"{seconds:.0f} s |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+")
+    parser.add_argument("--only", choices=["ours", "plain"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import platform
+
+    import sentence_transformers
+    import torch
+
+    from orchestrator.estimate import estimate
+    from orchestrator.spec import load_spec
+
+    for path in args.specs:
+        spec = load_spec(path)
+        steps = estimate(spec).steps
+        main_metric = spec.eval.main_metric
+        record = {
+            "experiment": spec.name,
+            "spec": path,
+            "main_metric": main_metric,
+            "steps": steps,
+            "batch_size": spec.train.batch_size,
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "versions": {"torch": torch.__version__, "st": sentence_transformers.__version__},
+        }
+        ours = None
+        if args.only != "plain":
+            ours = ours_run(spec)
+            record_ours = {**record, "runner": "ours", **ours}
+            with args.out.open("a") as f:
+                f.write(json.dumps(record_ours) + "\n")
+            base, tuned = ours["baseline"][main_metric], ours["finetuned"][main_metric]
+            print(row(spec.name, "orchestrator", main_metric, base, tuned, ours["train_s"]))
+        if args.only != "ours":
+            plain = plain_run(spec, steps)
+            if ours is None:  # the same baseline evaluation, on the base model
+                from orchestrator.assets import resolve_model
+                from orchestrator.evaluation import evaluate
+                from orchestrator.modeling import load_encoder
+
+                base_model = load_encoder(resolve_model(spec.model.base), spec.model).eval()
+                plain["baseline"] = evaluate(base_model, spec)
+            else:
+                plain["baseline"] = ours["baseline"]
+            with args.out.open("a") as f:
+                f.write(json.dumps({**record, "runner": "plain", **plain}) + "\n")
+            base, tuned = plain["baseline"][main_metric], plain["finetuned"][main_metric]
+            print(row(spec.name, "plain ST trainer", main_metric, base, tuned, plain["train_s"]))
+
+
+if __name__ == "__main__":
+    main()
