@@ -14,7 +14,7 @@ from pathlib import Path
 
 from orchestrator.assets import resolve_model
 from orchestrator.data.sources import local_rows
-from orchestrator.losses import negatives_per_query
+from orchestrator.losses import negatives_per_query, negatives_phrase
 from orchestrator.spec import ExperimentSpec
 
 SAMPLE_ROWS = 512
@@ -51,7 +51,7 @@ class Estimate:
 
         out = [
             f"steps {fmt(self.steps)} x batch {batch_size} = {fmt(self.pairs)} pairs, "
-            f"~{fmt(self.tokens)} tokens, {self.negatives_per_query} negatives per query"
+            f"~{fmt(self.tokens)} tokens, {negatives_phrase(self.negatives_per_query)}"
         ]
         for s in self.sources:
             out.append(

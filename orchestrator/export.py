@@ -60,9 +60,11 @@ def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = HEADLIN
 
 
 def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
+    from orchestrator.losses import negatives_phrase
+
     steps_by_source = summary.get("source_steps") or {}
     lines = [
-        f"- `{name}` ({src.format}, weight {src.weight}): "
+        f"- `{name}` ({src.format}, {src.columns.format}, weight {src.weight}): "
         f"{summary['sources'][name]['rows']} usable rows, {steps_by_source.get(name, 0)} steps"
         for name, src in spec.data.sources.items()
     ]
@@ -71,7 +73,7 @@ def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
     symmetric = ", symmetric" if getattr(loss, "symmetric", False) else ""
     lines.append(
         f"- Loss: `{loss.kind}`{tau}{symmetric}; "
-        f"{summary['negatives_per_query']} negatives per query per step"
+        f"{negatives_phrase(summary['negatives_per_query'])} per step"
     )
     if spec.lora:
         modules = ", ".join(spec.lora.target_modules)

@@ -153,6 +153,11 @@ def build_loss(
     return CachedEmbeddingLoss(inner, wrapped)
 
 
+def negatives_phrase(count: int) -> str:
+    """``31 negatives per query``, or what a pair loss does instead."""
+    return f"{count} negatives per query" if count else "each pair scored on its own"
+
+
 def negatives_per_query(spec: Loss, per_worker_batch: int, world_size: int, hard: int) -> int:
     """How many candidates compete with each query's positive in one step.
 
