@@ -35,7 +35,7 @@ import torch
 
 from orchestrator.assets import resolve_model
 from orchestrator.data.sources import read_sources
-from orchestrator.spec import ANCHOR, POSITIVE
+from orchestrator.spec import ANCHOR, PAIRS, POSITIVE, TRIPLETS
 
 if TYPE_CHECKING:
     from orchestrator.data.sources import SourceReport
@@ -375,6 +375,12 @@ def read_pairs(spec: ExperimentSpec, source: str) -> tuple[list[dict[str, str]],
     """
     if source not in spec.data.sources:
         raise KeyError(f"no source {source!r} in data.sources ({sorted(spec.data.sources)})")
+    row_format = spec.data.sources[source].columns.format
+    if row_format not in (PAIRS, TRIPLETS):
+        raise ValueError(
+            f"data.sources.{source}: mining needs (anchor, positive) pairs; {row_format} pair "
+            "texts that are not all positives"
+        )
     data = spec.data.model_copy(update={"sources": {source: spec.data.sources[source]}})
     datasets, reports = read_sources(data, spec.scaling.cpus_per_data_task)
     rows = datasets[source].select_columns([ANCHOR, POSITIVE]).take_all()

@@ -227,6 +227,9 @@ def test_loss_has_gradients(model):
         (infonce_spec(gather_across_workers=False), 4, 2, 0, 3),
         (infonce_spec(gather_across_workers=False), 4, 2, 2, 11),
         (TripletLossSpec(kind="triplet"), 4, 2, 1, 1),
+        (CachedInfoNCELoss(kind="cached_mnrl"), 4, 2, 1, 15),
+        (CoSENTLossSpec(kind="cosent"), 32, 1, 0, 0),
+        (ContrastiveLossSpec(kind="online_contrastive"), 32, 2, 0, 0),
     ],
 )
 def test_negatives_per_query(spec, per_worker, world, hard, expected):

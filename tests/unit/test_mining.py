@@ -110,3 +110,22 @@ def test_report_lines_name_every_count():
     text = "\n".join(report.lines())
     assert "7/10 pairs kept" in text and "2 with too few" in text and "1 whose positive" in text
     assert "removed 5 candidate(s)" in text and "out.jsonl.provenance.json" in text
+
+
+def test_labeled_pairs_are_not_mined():
+    """Label-0 rows are not positives: mining them would teach the negatives as positives."""
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "model": {"base": "m"},
+            "data": {
+                "sources": {"l": {"format": "jsonl", "path": "l.jsonl", "columns": {"label": "y"}}},
+                "eval": {"corpus": "c", "queries": "q", "qrels": "r"},
+            },
+            "loss": {"kind": "contrastive"},
+        }
+    )
+    with pytest.raises(ValueError, match=r"data.sources.l: mining needs \(anchor, positive\)"):
+        mining.read_pairs(spec, "l")
