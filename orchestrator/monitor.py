@@ -22,10 +22,12 @@ Display = Literal["bar", "log", "none"]
 
 
 def run_report(worker_reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report for the run: rank 0's, with tokens/s summed over all workers."""
+    """One report for the run: rank 0's, tokens/s summed and peak memory the largest."""
     report = dict(worker_reports[0])
     if all("tokens_per_s" in r for r in worker_reports):
         report["tokens_per_s"] = sum(r["tokens_per_s"] for r in worker_reports)
+    if all("peak_memory_mib" in r for r in worker_reports):
+        report["peak_memory_mib"] = max(r["peak_memory_mib"] for r in worker_reports)
     return report
 
 

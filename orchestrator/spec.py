@@ -253,6 +253,12 @@ class DataSpec(_Section):
         description="skip: drop broken rows and report them; fail: stop before training.",
     )
     shuffle_buffer: int = Field(default=1024, ge=0, description="Rows in the local shuffle buffer.")
+    bucket_window: int = Field(
+        default=0,
+        ge=0,
+        description="Length bucketing: regroup each window of this many shuffled global "
+        "batches into batches of similar lengths (less padding); 0 or 1: off.",
+    )
 
     @field_validator("sources", "eval_sets")
     @classmethod
@@ -524,7 +530,7 @@ class StorageSpec(_Section):
 #: baseline, and their metrics stay comparable.
 SEARCHABLE = re.compile(
     r"(loss|lora)(\..+)?|train\.(?!eval_every$).+|scaling\..+|data\.sources\.[^.]+\.weight"
-    r"|data\.shuffle_buffer|model\.attention_dropout"
+    r"|data\.shuffle_buffer|data\.bucket_window|model\.attention_dropout"
 )
 
 
@@ -641,7 +647,8 @@ class TuneSpec(_Section):
                 problems.append(
                     f"{where}: not searchable; trials share the model, data files, evaluation "
                     "and storage. Search loss.*, lora.*, train.* (not eval_every), scaling.*, "
-                    "data.sources.<name>.weight, data.shuffle_buffer, model.attention_dropout"
+                    "data.sources.<name>.weight, data.shuffle_buffer, data.bucket_window, "
+                    "model.attention_dropout"
                 )
             name = path.split(".")[2] if path.startswith("data.sources.") else None
             if name and name not in spec.data.sources:

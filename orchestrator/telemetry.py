@@ -51,6 +51,16 @@ METRICS: tuple[MetricDef, ...] = (
         "Fraction of step time spent waiting for the next batch",
     ),
     MetricDef(
+        f"{PREFIX}train_padding_fraction",
+        "padding_fraction",
+        "Fraction of the padded tokens that are padding (data.bucket_window lowers it)",
+    ),
+    MetricDef(
+        f"{PREFIX}train_peak_memory_mib",
+        "peak_memory_mib",
+        "Peak memory of the busiest worker: GPU allocations, else process RSS (MiB)",
+    ),
+    MetricDef(
         f"{PREFIX}train_negatives_per_query",
         "negatives_per_query",
         "Candidates competing with each query's positive per step",

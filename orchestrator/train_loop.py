@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import tempfile
 import time
@@ -28,6 +29,7 @@ import ray.train.torch
 import torch
 from transformers import get_scheduler
 
+from orchestrator.data.buckets import bucketed, token_counts
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
 from orchestrator.losses import build_loss, negatives_per_query
@@ -113,6 +115,8 @@ def _open_epoch(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[
         local_shuffle_seed=(spec.train.seed + epoch) if buffer else None,
         prefetch_batches=2,
     )
+    if spec.data.bucket_window > 1:  # before slicing: every rank regroups the same way
+        batches = bucketed(batches, spec.data.bucket_window, [spec.train.seed, epoch])
     for rows in batches:
         yield {k: v[rank * local : (rank + 1) * local] for k, v in rows.items()}
 
@@ -130,9 +134,11 @@ def _chain(digest: str, rows: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _token_count(rows: dict[str, np.ndarray]) -> int:
-    """Non-padding tokens in one batch: the unpadded token-id lists of every text column."""
-    return sum(len(ids) for c, values in rows.items() if c.endswith(IDS_SUFFIX) for ids in values)
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this worker so far: the accelerator's allocations, else the process RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
 def _gather(value: Any, world: int) -> list[Any]:
@@ -230,7 +236,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     source_steps = dict(meta.get("source_steps", {}))
     pairs_seen = meta.get("pairs_seen", 0)
     running_loss = torch.zeros((), device=device)
-    window_steps, window_tokens, window_start, data_wait = 0, 0, time.perf_counter(), 0.0
+    window_steps, window_tokens, window_padded = 0, 0, 0
+    window_start, data_wait = time.perf_counter(), 0.0
     hard = 0
     encoder.train()
     while step < total_steps:
@@ -238,7 +245,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         fetch_start = time.perf_counter()
         source, rows = mixed.next(step)
         digest = _chain(digest, rows)
-        window_tokens += _token_count(rows)
+        real, padded = token_counts(rows)
+        window_tokens += real
+        window_padded += padded
         batch = to_device(collate(rows, pad_id), device)
         data_wait += time.perf_counter() - fetch_start
         hard = batch.n_docs - 1
@@ -275,6 +284,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "tokens_per_s": window_tokens / elapsed,  # this rank's; the monitor sums ranks
             "step_time_s": elapsed / window_steps,
             "data_wait_fraction": data_wait / elapsed,
+            "padding_fraction": 1 - window_tokens / window_padded,
+            "peak_memory_mib": peak_memory_mib(device),
+            "time": time.time(),
             "negatives_per_query": negatives_per_query(spec.loss, local_batch, world, hard),
             "trainable_params": trainable,
             "total_params": total,
@@ -295,7 +307,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save = rng_states if checkpoint_now and rank == 0 else None
         _report(metrics, save, model, optimizer, scheduler, mixed, storage)
         running_loss.zero_()
-        window_steps, window_tokens, window_start, data_wait = 0, 0, time.perf_counter(), 0.0
+        window_steps, window_tokens, window_padded = 0, 0, 0
+        window_start, data_wait = time.perf_counter(), 0.0
 
 
 def _upload_verified(
