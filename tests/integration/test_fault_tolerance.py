@@ -23,6 +23,7 @@ def test_killed_worker_recovers_and_matches_an_undisturbed_run(
     spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
     spec["train"].update(max_steps=10, checkpoint_every=3)
     spec["scaling"]["max_failures"] = 1
+    spec["data"]["bucket_window"] = 4  # length-bucketed batches replay exactly too
     undisturbed = run(spec)
 
     chaos = copy.deepcopy(spec)
