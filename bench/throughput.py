@@ -1,0 +1,312 @@
+"""Training throughput: the orchestrator vs plain sentence-transformers vs a bare torch loop.
+
+One invocation runs, on the same model, rows, batch size, max_seq_length, loss, optimizer
+settings and CPU threads, each in its own process (so peak memory is its own):
+
+* ``plain``: sentence-transformers' ``SentenceTransformerTrainer`` (tokenizes in its collator);
+* ``ours``: ``orchestrator.run`` (Ray Data tokenization, Ray Train worker, DDP, checkpoints),
+  also with length bucketing (``data.bucket_window``) and with 2 workers x 1 CPU;
+* ``bare``: the orchestrator's own step (collate, encoder, loss, AdamW) in a plain loop with
+  the data pre-tokenized: the floor that Ray's per-step overhead is measured against.
+
+and prints pairs/s, non-padding tokens/s, padding, data wait, peak memory, the ratio
+ours/plain (medians over ``--repeats`` runs of ``--steps`` measured steps after ``--warmup``),
+Ray start-up to the first step, and the memory levers (gradient checkpointing, cached loss).
+
+    .venv/bin/pip install -c constraints/cpu.txt -e '.[bench]'   # the plain trainer's needs
+    .venv/bin/python bench/throughput.py [--steps 8] [--warmup 2] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SPEC = "experiments/quickstart.yaml"
+
+
+def bench_spec(args: argparse.Namespace, *overrides: str):
+    """The quickstart at the benchmark's budget: reports every ``warmup`` steps, small eval."""
+    from orchestrator.spec import load_spec
+
+    return load_spec(
+        args.spec,
+        [
+            f"train.max_steps={args.warmup + args.steps}",
+            f"train.batch_size={args.batch}",
+            f"model.max_seq_length={args.seq}",
+            f"train.log_every={args.warmup}",
+            f"train.checkpoint_every={args.warmup + args.steps}",
+            "data.eval.max_queries=32",
+            f"storage.uri={tempfile.mkdtemp(prefix='bench-runs-')}",
+            *overrides,
+        ],
+    )
+
+
+def rows_for(spec, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` usable rows of the spec's (single) source, as training reads them."""
+    from orchestrator.data.sources import local_rows
+
+    (source,) = spec.data.sources.values()
+    rows = []
+    for row, _ in local_rows(source):
+        if row is not None:
+            rows.append(row)
+            if len(rows) == count:
+                break
+    return rows
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    """One orchestrator run; per-window figures from its reports, the first window dropped."""
+    from orchestrator import run
+    from orchestrator.monitor import read_history
+    from orchestrator.runner import ensure_ray, run_location
+
+    spec = bench_spec(args, *overrides)
+    ensure_ray()
+    ready = time.time()
+    result = run(spec)
+    history = read_history(run_location(spec))
+    first, measured = history[0], history[1:]
+    timings = result.summary["timings_s"]
+    before_training = timings["data"] + timings["baseline_eval"]
+    first_step_start = first["time"] - first["step_time_s"] * first["step"]
+    return {
+        "step_s": statistics.median(r["step_time_s"] for r in measured),
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in measured),
+        "data_wait_fraction": statistics.median(r["data_wait_fraction"] for r in measured),
+        "padding_fraction": statistics.median(r["padding_fraction"] for r in measured),
+        "peak_memory_mib": max(r["peak_memory_mib"] for r in history),
+        "ray_init_to_first_step_s": first_step_start - ready,
+        "data_and_baseline_s": before_training,
+        "trainer_start_s": first_step_start - ready - before_training,
+    }
+
+
+def run_plain(args: argparse.Namespace) -> dict[str, Any]:
+    """SentenceTransformerTrainer on the same rows; step times from a callback."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.data_collator import (
+        SentenceTransformerDataCollator,
+    )
+    from transformers import TrainerCallback
+
+    from orchestrator.assets import resolve_model
+    from orchestrator.losses import library_loss
+    from orchestrator.modeling import load_encoder
+
+    spec = bench_spec(args)
+    torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+    model = load_encoder(resolve_model(spec.model.base), spec.model)
+    total = args.warmup + args.steps
+    rows = rows_for(spec, total * args.batch)
+    tokens: list[int] = []
+    starts: list[float] = []
+    ends: list[float] = []
+
+    class CountingCollator(SentenceTransformerDataCollator):
+        def __call__(self, features):
+            batch = super().__call__(features)
+            tokens.append(int(sum(v.sum() for k, v in batch.items() if k.endswith("mask"))))
+            return batch
+
+    class StepTimes(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            starts.append(time.perf_counter())
+
+        def on_step_end(self, *_, **__):
+            ends.append(time.perf_counter())
+
+    train = spec.train
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=SentenceTransformerTrainingArguments(
+                output_dir=scratch,
+                max_steps=total,
+                per_device_train_batch_size=args.batch,
+                learning_rate=train.lr,
+                weight_decay=train.weight_decay,
+                warmup_ratio=train.warmup_ratio,
+                max_grad_norm=train.max_grad_norm,
+                seed=train.seed,
+                dataloader_drop_last=True,
+                save_strategy="no",
+                report_to="none",
+                disable_tqdm=True,
+                use_cpu=True,
+            ),
+            train_dataset=Dataset.from_list(rows),
+            loss=library_loss(spec.loss, model),
+            data_collator=CountingCollator(tokenize_fn=model.tokenize),
+            callbacks=[StepTimes()],
+        )
+        trainer.train()
+    # A step's time runs from the end of the previous one: the next batch's collation is in it.
+    steps = [b - a for a, b in zip(ends[args.warmup - 1 : -1], ends[args.warmup :], strict=True)]
+    step_s = statistics.median(steps)
+    return {
+        "step_s": step_s,
+        "tokens_per_s": statistics.median(tokens[args.warmup :]) / step_s,
+        "peak_memory_mib": peak_rss_mib(),
+    }
+
+
+def run_bare(args: argparse.Namespace) -> dict[str, Any]:
+    """The orchestrator's own step in a plain loop, data pre-tokenized and pre-collated."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from orchestrator.assets import resolve_model
+    from orchestrator.data.tokenize import collate, tokenize_batch
+    from orchestrator.losses import build_loss
+    from orchestrator.modeling import load_encoder
+    from orchestrator.train_loop import PairEncoder
+
+    spec = bench_spec(args)
+    torch.manual_seed(spec.train.seed)
+    torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+    path = resolve_model(spec.model.base)
+    model = load_encoder(path, spec.model)
+    model.train()
+    total = args.warmup + args.steps
+    table = pa.Table.from_pylist(rows_for(spec, total * args.batch))
+    prompts = {"anchor": spec.model.query_prompt, "*": spec.model.passage_prompt}
+    ids = tokenize_batch(table, path, spec.model.max_seq_length, prompts)
+    columns = {c: ids.column(c).to_numpy(zero_copy_only=False) for c in ids.column_names}
+    batches = [
+        collate({c: v[i * args.batch : (i + 1) * args.batch] for c, v in columns.items()}, 0)
+        for i in range(total)
+    ]
+    encoder, loss_fn = PairEncoder(model), build_loss(spec.loss, model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        loss = loss_fn.step(encoder, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times[args.warmup :]))
+    masks = [g["attention_mask"] for b in batches for g in (b.queries, b.passages)]
+    real = sum(int(mask.sum()) for mask in masks) / total
+    return {"step_s": step_s, "tokens_per_s": real / step_s, "peak_memory_mib": peak_rss_mib()}
+
+
+# --------------------------------------------------------------------------- driver
+
+CASES = {
+    "plain": ("plain", []),
+    "ours": ("ours", []),
+    "ours_bucketed": ("ours", ["data.bucket_window=16"]),
+    "bare": ("bare", []),
+    "ours_2_workers": ("ours", ["scaling.num_workers=2", "scaling.cpus_per_worker=1"]),
+    "ours_checkpointing": ("ours", ["train.gradient_checkpointing=true"]),
+    "ours_cached_mb8": ("ours", ["loss.kind=cached_mnrl", "loss.mini_batch_size=8"]),
+}
+REPEATED = ("plain", "ours", "ours_bucketed", "bare")
+
+
+def in_subprocess(case: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--case", case, *sys.argv[1:]]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", default=SPEC)
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps dropped first")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in a subprocess
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    if args.case:
+        runner, overrides = CASES[args.case]
+        measure = {"ours": lambda: run_ours(args, overrides), "plain": lambda: run_plain(args)}
+        result = measure.get(runner, lambda: run_bare(args))()
+        print(json.dumps(result))
+        return
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    for repeat in range(args.repeats):
+        for case in args.cases:
+            if repeat and case not in REPEATED:
+                continue
+            results.setdefault(case, []).append(in_subprocess(case, args))
+            print(f"{case} #{repeat + 1}: {results[case][-1]}", file=sys.stderr)
+    summary = {case: _median(runs) for case, runs in results.items()}
+    if args.json:
+        record = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": results}
+        args.json.write_text(json.dumps({**record, "median": summary}, indent=2))
+    print(_table(summary, args))
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    plain = summary.get("plain")
+    lines = [
+        "| case | s/step | pairs/s | tokens/s | vs plain | padding | data wait | peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case, m in summary.items():
+        ratio = f"{plain['step_s'] / m['step_s']:.2f}x" if plain else "-"
+        padding = f"{m['padding_fraction']:.0%}" if "padding_fraction" in m else "-"
+        wait = f"{m['data_wait_fraction']:.1%}" if "data_wait_fraction" in m else "-"
+        lines.append(
+            f"| {case} | {m['step_s']:.2f} | {args.batch / m['step_s']:.2f} | "
+            f"{m['tokens_per_s']:.0f} | {ratio} | {padding} | {wait} | {m['peak_memory_mib']:.0f} |"
+        )
+    if "ours" in summary and "bare" in summary:
+        overhead = summary["ours"]["step_s"] / summary["bare"]["step_s"] - 1
+        lines.append(f"\nRay per-step overhead (ours vs bare loop): {overhead:+.1%}")
+    if "ours" in summary:
+        ours = summary["ours"]
+        lines.append(
+            f"ray.init → first step: {ours['ray_init_to_first_step_s']:.1f} s "
+            f"(data + baseline eval {ours['data_and_baseline_s']:.1f} s, "
+            f"trainer start {ours['trainer_start_s']:.1f} s)"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
