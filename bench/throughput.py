@@ -189,7 +189,7 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.data.tokenize import collate, tokenize_batch
     from orchestrator.losses import build_loss
     from orchestrator.modeling import load_encoder
-    from orchestrator.train_loop import PairEncoder
+    from orchestrator.train_loop import PairEncoder, build_optimizer
 
     spec = bench_spec(args)
     torch.manual_seed(spec.train.seed)
@@ -207,7 +207,7 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(total)
     ]
     encoder, loss_fn = PairEncoder(model), build_loss(spec.loss, model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
+    optimizer = build_optimizer(model, spec)
     times = []
     for batch in batches:
         start = time.perf_counter()

@@ -82,7 +82,8 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return batch._replace(queries=move(batch.queries), passages=move(batch.passages), labels=labels)
 
 
-def _optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and LayerNorm weights."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -91,8 +92,9 @@ def _optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Opti
         {"params": decay, "weight_decay": spec.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = torch.cuda.is_available() and spec.scaling.use_gpu
-    return torch.optim.AdamW(groups, lr=spec.train.lr, fused=fused or None)
+    # The fused kernel updates every parameter in one pass: ~5x faster optimizer steps than
+    # the default on CPU too (bench/RESULTS.md); Hugging Face's Trainer defaults to it.
+    return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)
 
 
 def _open_epoch(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
@@ -193,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         PairEncoder(model, autocast_dtype),
         parallel_strategy_kwargs={"find_unused_parameters": True},
     )
-    optimizer = _optimizer(model, spec)
+    optimizer = build_optimizer(model, spec)
     scheduler = get_scheduler(
         spec.train.schedule,
         optimizer,

@@ -43,6 +43,11 @@ def test_two_worker_run_reports_metrics_and_exports(first_run):
     assert summary["sources"]["more"]["bad_rows"] == 0
     assert (result.run_dir / "spec.yaml").is_file()
     assert list(result.run_dir.glob("checkpoint_*/state.pt"))
+    history = [json.loads(line) for line in (result.run_dir / "history.jsonl").open()]
+    for report in history:
+        assert 0.0 < report["padding_fraction"] < 1.0  # texts of different lengths pad
+        assert report["peak_memory_mib"] > 50  # a worker holding torch and a model
+        assert 0.0 <= report["data_wait_fraction"] < 1.0
 
     model = SentenceTransformer(str(result.model_dir))
     embeddings = model.encode(["what color is the car", "the car is red and shiny"])
