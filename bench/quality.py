@@ -13,7 +13,8 @@ Each result is appended to ``bench/quality.jsonl`` (one JSON object per runner) 
 as a markdown row for ``bench/RESULTS.md``:
 
     .venv/bin/pip install -c constraints/cpu.txt -e '.[bench]'   # the plain trainer's needs
-    .venv/bin/python bench/quality.py experiments/quickstart.yaml [...] [--only ours|plain]
+    .venv/bin/python bench/quality.py experiments/quickstart.yaml [...] [--only ours|plain] \
+        [--set data.bucket_window=16 ...]
 
 Differences that remain, by design: sentence-transformers samples several sources in
 proportion to their sizes (``multi_dataset_batch_sampler="proportional"``), the spec by its
@@ -138,6 +139,9 @@ def main() -> None:
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--only", choices=["ours", "plain"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="spec override"
+    )
     args = parser.parse_args()
 
     import platform
@@ -149,12 +153,14 @@ def main() -> None:
     from orchestrator.spec import load_spec
 
     for path in args.specs:
-        spec = load_spec(path)
+        spec = load_spec(path, args.set)
+        label = " ".join([spec.name, *args.set])
         steps = estimate(spec).steps
         main_metric = spec.eval.main_metric
         record = {
             "experiment": spec.name,
             "spec": path,
+            "overrides": args.set,
             "main_metric": main_metric,
             "steps": steps,
             "batch_size": spec.train.batch_size,
@@ -169,7 +175,7 @@ def main() -> None:
             with args.out.open("a") as f:
                 f.write(json.dumps(record_ours) + "\n")
             base, tuned = ours["baseline"][main_metric], ours["finetuned"][main_metric]
-            print(row(spec.name, "orchestrator", main_metric, base, tuned, ours["train_s"]))
+            print(row(label, "orchestrator", main_metric, base, tuned, ours["train_s"]))
         if args.only != "ours":
             plain = plain_run(spec, steps)
             if ours is None:  # the same baseline evaluation, on the base model
@@ -184,7 +190,7 @@ def main() -> None:
             with args.out.open("a") as f:
                 f.write(json.dumps({**record, "runner": "plain", **plain}) + "\n")
             base, tuned = plain["baseline"][main_metric], plain["finetuned"][main_metric]
-            print(row(spec.name, "plain ST trainer", main_metric, base, tuned, plain["train_s"]))
+            print(row(label, "plain ST trainer", main_metric, base, tuned, plain["train_s"]))
 
 
 if __name__ == "__main__":
