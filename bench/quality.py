@@ -89,7 +89,7 @@ def plain_run(spec, steps: int) -> dict[str, Any]:
             learning_rate=train.lr,
             weight_decay=train.weight_decay,
             lr_scheduler_type=train.schedule,
-            warmup_ratio=train.warmup_ratio,
+            warmup_steps=train.warmup_ratio,  # a float < 1: a ratio (transformers 5)
             max_grad_norm=train.max_grad_norm or 0.0,
             seed=train.seed,
             bf16=train.precision == "bf16",

@@ -113,9 +113,6 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.data_collator import (
-        SentenceTransformerDataCollator,
-    )
     from transformers import TrainerCallback
 
     from orchestrator.assets import resolve_model
@@ -130,12 +127,6 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     tokens: list[int] = []
     starts: list[float] = []
     ends: list[float] = []
-
-    class CountingCollator(SentenceTransformerDataCollator):
-        def __call__(self, features):
-            batch = super().__call__(features)
-            tokens.append(int(sum(v.sum() for k, v in batch.items() if k.endswith("mask"))))
-            return batch
 
     class StepTimes(TrainerCallback):
         def on_step_begin(self, *_, **__):
@@ -154,7 +145,7 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
                 per_device_train_batch_size=args.batch,
                 learning_rate=train.lr,
                 weight_decay=train.weight_decay,
-                warmup_ratio=train.warmup_ratio,
+                warmup_steps=train.warmup_ratio,  # a float < 1: a ratio (transformers 5)
                 max_grad_norm=train.max_grad_norm,
                 seed=train.seed,
                 dataloader_drop_last=True,
@@ -165,9 +156,16 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
             ),
             train_dataset=Dataset.from_list(rows),
             loss=library_loss(spec.loss, model),
-            data_collator=CountingCollator(tokenize_fn=model.tokenize),
             callbacks=[StepTimes()],
         )
+
+        class CountingCollator(type(trainer.data_collator)):  # + non-padding tokens per batch
+            def __call__(self, features):
+                batch = super().__call__(features)
+                tokens.append(int(sum(v.sum() for k, v in batch.items() if k.endswith("mask"))))
+                return batch
+
+        trainer.data_collator.__class__ = CountingCollator
         trainer.train()
     # A step's time runs from the end of the previous one: the next batch's collation is in it.
     steps = [b - a for a, b in zip(ends[args.warmup - 1 : -1], ends[args.warmup :], strict=True)]
@@ -239,7 +237,7 @@ REPEATED = ("plain", "ours", "ours_bucketed", "bare")
 
 def in_subprocess(case: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--case", case, *sys.argv[1:]]
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # logs pass
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
