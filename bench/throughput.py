@@ -10,11 +10,13 @@ settings and CPU threads, each in its own process (so peak memory is its own):
   the data pre-tokenized: the floor that Ray's per-step overhead is measured against.
 
 and prints pairs/s, non-padding tokens/s, padding, data wait, peak memory, the ratio
-ours/plain (medians over ``--repeats`` runs of ``--steps`` measured steps after ``--warmup``),
+ours/plain (medians over ``--repeats`` runs of the mean of ``--steps`` measured steps after
+``--warmup`` steps; the runners draw their batches differently, so non-padding tokens/s is
+the fair rate and pairs/s depends on the lengths drawn),
 Ray start-up to the first step, and the memory levers (gradient checkpointing, cached loss).
 
     .venv/bin/pip install -c constraints/cpu.txt -e '.[bench]'   # the plain trainer's needs
-    .venv/bin/python bench/throughput.py [--steps 8] [--warmup 2] [--repeats 3] [--json out.json]
+    .venv/bin/python bench/throughput.py [--steps 8] [--warmup 4] [--repeats 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ SPEC = "experiments/quickstart.yaml"
 
 
 def bench_spec(args: argparse.Namespace, *overrides: str):
-    """The quickstart at the benchmark's budget: reports every ``warmup`` steps, small eval."""
+    """The quickstart at the benchmark's budget, small eval; ours reports after the warm-up
+    steps and after the measured ones (so one report per measured window, as in a run that
+    reports every ``steps`` steps)."""
     from orchestrator.spec import load_spec
 
     return load_spec(
@@ -48,7 +52,7 @@ def bench_spec(args: argparse.Namespace, *overrides: str):
             f"train.max_steps={args.warmup + args.steps}",
             f"train.batch_size={args.batch}",
             f"model.max_seq_length={args.seq}",
-            f"train.log_every={args.warmup}",
+            f"train.log_every={math.gcd(args.warmup, args.steps)}",
             f"train.checkpoint_every={args.warmup + args.steps}",
             "data.eval.max_queries=32",
             f"storage.uri={tempfile.mkdtemp(prefix='bench-runs-')}",
@@ -89,15 +93,16 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     ready = time.time()
     result = run(spec)
     history = read_history(run_location(spec))
-    first, measured = history[0], history[1:]
+    window = math.gcd(args.warmup, args.steps)  # steps per report
+    measured = [r for r in history if r["step"] > args.warmup]
     timings = result.summary["timings_s"]
     before_training = timings["data"] + timings["baseline_eval"]
-    first_step_start = first["time"] - first["step_time_s"] * first["step"]
+    first_step_start = history[0]["time"] - window * history[0]["step_time_s"]
     return {
-        "step_s": statistics.median(r["step_time_s"] for r in measured),
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in measured),
-        "data_wait_fraction": statistics.median(r["data_wait_fraction"] for r in measured),
-        "padding_fraction": statistics.median(r["padding_fraction"] for r in measured),
+        "step_s": statistics.mean(r["step_time_s"] for r in measured),
+        "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in measured),
+        "data_wait_fraction": statistics.mean(r["data_wait_fraction"] for r in measured),
+        "padding_fraction": statistics.mean(r["padding_fraction"] for r in measured),
         "peak_memory_mib": max(r["peak_memory_mib"] for r in history),
         "ray_init_to_first_step_s": first_step_start - ready,
         "data_and_baseline_s": before_training,
@@ -169,10 +174,10 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
         trainer.train()
     # A step's time runs from the end of the previous one: the next batch's collation is in it.
     steps = [b - a for a, b in zip(ends[args.warmup - 1 : -1], ends[args.warmup :], strict=True)]
-    step_s = statistics.median(steps)
+    step_s = statistics.mean(steps)
     return {
         "step_s": step_s,
-        "tokens_per_s": statistics.median(tokens[args.warmup :]) / step_s,
+        "tokens_per_s": statistics.mean(tokens[args.warmup :]) / step_s,
         "peak_memory_mib": peak_rss_mib(),
     }
 
@@ -215,9 +220,9 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    step_s = float(np.median(times[args.warmup :]))
-    masks = [g["attention_mask"] for b in batches for g in (b.queries, b.passages)]
-    real = sum(int(mask.sum()) for mask in masks) / total
+    step_s = float(np.mean(times[args.warmup :]))
+    masks = [g["attention_mask"] for b in batches[args.warmup :] for g in (b.queries, b.passages)]
+    real = sum(int(mask.sum()) for mask in masks) / args.steps
     return {"step_s": step_s, "tokens_per_s": real / step_s, "peak_memory_mib": peak_rss_mib()}
 
 
@@ -245,7 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", default=SPEC)
     parser.add_argument("--steps", type=int, default=8, help="measured steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="steps dropped first")
+    parser.add_argument("--warmup", type=int, default=4, help="steps run first, not measured")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
