@@ -287,7 +287,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
 def _table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     plain = summary.get("plain")
     lines = [
-        "| case | s/step | pairs/s | tokens/s | vs plain (tokens/s) | padding | data wait | peak MiB |",
+        "| case | s/step | pairs/s | tokens/s | vs plain | padding | data wait | peak MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, m in summary.items():
