@@ -98,3 +98,16 @@ def test_default_address_reads_ray_address_only_when_it_is_a_dashboard_url(monke
     assert jobs.default_address() == "http://10.0.0.5:8265"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # a GCS address: not the job API
     assert jobs.default_address() == jobs.DEFAULT_ADDRESS
+
+
+def test_named_held_out_sets_are_shipped(spec, corpora, tmp_path):
+    raw = spec.model_dump(mode="json")
+    columns = {"anchor": "question", "positive": "answer", "negatives": ["wrong"]}
+    path = str(corpora["colors"])
+    raw["data"]["eval_sets"] = {"refutes": {"kind": "triplets", "path": path, "columns": columns}}
+    folder = tmp_path / "job"
+    folder.mkdir()
+    submission = jobs.stage(ExperimentSpec.model_validate(raw), folder, "run")
+    shipped = submission.spec.data.eval_sets["refutes"].path
+    assert shipped == "inputs/eval_sets/refutes/path/colors.jsonl"
+    assert (folder / shipped).is_file()
