@@ -22,6 +22,7 @@ from sentence_transformers.sentence_transformer.evaluation import (
     InformationRetrievalEvaluator,
     TripletEvaluator,
 )
+from sentence_transformers.util import pairwise_cos_sim
 from sklearn.metrics import roc_auc_score
 
 from orchestrator.data.sources import canonical_columns, converted, parse_records
@@ -107,13 +108,9 @@ class BinaryClassificationWithAUC(BinaryClassificationEvaluator):
         scores = super().compute_metrics(model)
         first = np.stack([self._embedded[s] for s in self.sentences1])
         second = np.stack([self._embedded[s] for s in self.sentences2])
-        cosine = np.sum(_unit(first) * _unit(second), axis=1)
+        cosine = pairwise_cos_sim(first, second).numpy()  # the similarity the library scored
         scores["cosine"]["roc_auc"] = float(roc_auc_score(self.labels, cosine))
         return scores
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
 
 
 def read_eval_set(name: str, held_out: EvalSet, on_bad_rows: str = "skip") -> dict[str, list[Any]]:
