@@ -6,8 +6,9 @@ settings and CPU threads, each in its own process (so peak memory is its own):
 * ``plain``: sentence-transformers' ``SentenceTransformerTrainer`` (tokenizes in its collator);
 * ``ours``: ``orchestrator.run`` (Ray Data tokenization, Ray Train worker, DDP, checkpoints),
   also with length bucketing (``data.bucket_window``) and with 2 workers x 1 CPU;
-* ``bare``: the orchestrator's own step (collate, encoder, loss, AdamW) in a plain loop with
-  the data pre-tokenized: the floor that Ray's per-step overhead is measured against.
+* ``bare``: the orchestrator's own step (collate, encoder, loss, AdamW) in a plain loop over
+  the very batches ``ours`` trains on (drawn by the same Ray Data pipeline beforehand, checked
+  by their digest), pre-collated: the floor that Ray's per-step overhead is measured against.
 
 and prints pairs/s, non-padding tokens/s, padding, data wait, peak memory, the ratio
 ours/plain (medians over ``--repeats`` runs of the mean of ``--steps`` measured steps after
@@ -56,6 +57,7 @@ def bench_spec(args: argparse.Namespace, *overrides: str):
             f"train.checkpoint_every={args.warmup + args.steps}",
             "data.eval.max_queries=32",
             f"storage.uri={tempfile.mkdtemp(prefix='bench-runs-')}",
+            "data.bucket_window=1",  # the quickstart buckets; the cases say when to
             *overrides,
         ],
     )
@@ -95,8 +97,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     history = read_history(run_location(spec))
     window = math.gcd(args.warmup, args.steps)  # steps per report
     measured = [r for r in history if r["step"] > args.warmup]
-    timings = result.summary["timings_s"]
-    before_training = timings["data"] + timings["baseline_eval"]
+    data_s = result.summary["timings_s"]["data"]
     first_step_start = history[0]["time"] - window * history[0]["step_time_s"]
     return {
         "step_s": statistics.mean(r["step_time_s"] for r in measured),
@@ -105,8 +106,9 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         "padding_fraction": statistics.mean(r["padding_fraction"] for r in measured),
         "peak_memory_mib": max(r["peak_memory_mib"] for r in history),
         "ray_init_to_first_step_s": first_step_start - ready,
-        "data_and_baseline_s": before_training,
-        "trainer_start_s": first_step_start - ready - before_training,
+        "data_s": data_s,
+        "trainer_start_s": first_step_start - ready - data_s,
+        "stream_digest": result.summary["stream_digests"][0],
     }
 
 
@@ -165,33 +167,41 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_bare(args: argparse.Namespace) -> dict[str, Any]:
-    """The orchestrator's own step in a plain loop, data pre-tokenized and pre-collated."""
+def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    """The orchestrator's own step in a plain loop, over the batches ``ours`` trains on.
+
+    The batches are drawn first, by the run's own Ray Data pipeline and batch order, then Ray
+    is shut down, so the timed loop runs in a process with nothing else in it.
+    """
     import numpy as np
-    import pyarrow as pa
+    import ray
     import torch
 
     from orchestrator.assets import resolve_model
-    from orchestrator.data.tokenize import collate, tokenize_batch
+    from orchestrator.data.tokenize import collate
     from orchestrator.losses import build_loss
     from orchestrator.modeling import load_encoder
-    from orchestrator.train_loop import PairEncoder, build_optimizer
+    from orchestrator.runner import ensure_ray, prepare_data
+    from orchestrator.train_loop import PairEncoder, build_optimizer, chain_digest, rank_batches
 
-    spec = bench_spec(args)
+    spec = bench_spec(args, *overrides)
+    path = resolve_model(spec.model.base)
+    total = args.warmup + args.steps
+    ensure_ray()
+    (dataset,) = prepare_data(spec, path).datasets.values()
+    stream = rank_batches(dataset, spec, rank=0, epoch=0)
+    rows = [next(stream) for _ in range(total)]
+    stream.close()  # stops the iterator's threads before Ray goes
+    ray.shutdown()
+    digest = ""
+    for batch_rows in rows:
+        digest = chain_digest(digest, batch_rows)
+
     torch.manual_seed(spec.train.seed)
     torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
-    path = resolve_model(spec.model.base)
     model = load_encoder(path, spec.model)
     model.train()
-    total = args.warmup + args.steps
-    table = pa.Table.from_pylist(rows_for(spec, total * args.batch))
-    prompts = {"anchor": spec.model.query_prompt, "*": spec.model.passage_prompt}
-    ids = tokenize_batch(table, path, spec.model.max_seq_length, prompts)
-    columns = {c: ids.column(c).to_numpy(zero_copy_only=False) for c in ids.column_names}
-    batches = [
-        collate({c: v[i * args.batch : (i + 1) * args.batch] for c, v in columns.items()}, 0)
-        for i in range(total)
-    ]
+    batches = [collate(batch_rows, model.tokenizer.pad_token_id or 0) for batch_rows in rows]
     encoder, loss_fn = PairEncoder(model), build_loss(spec.loss, model)
     optimizer = build_optimizer(model, spec)
     times = []
@@ -206,7 +216,12 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     step_s = float(np.mean(times[args.warmup :]))
     masks = [g["attention_mask"] for b in batches[args.warmup :] for g in (b.queries, b.passages)]
     real = sum(int(mask.sum()) for mask in masks) / args.steps
-    return {"step_s": step_s, "tokens_per_s": real / step_s, "peak_memory_mib": peak_rss_mib()}
+    return {
+        "step_s": step_s,
+        "tokens_per_s": real / step_s,
+        "peak_memory_mib": peak_rss_mib(),
+        "stream_digest": digest,
+    }
 
 
 # --------------------------------------------------------------------------- driver
@@ -216,11 +231,14 @@ CASES = {
     "ours": ("ours", []),
     "ours_bucketed": ("ours", ["data.bucket_window=16"]),
     "bare": ("bare", []),
+    # One torch thread on the two cores: Ray's own processes get a core to themselves.
+    "ours_1_thread": ("ours", ["scaling.cpus_per_worker=1"]),
+    "bare_1_thread": ("bare", ["scaling.cpus_per_worker=1"]),
     "ours_2_workers": ("ours", ["scaling.num_workers=2", "scaling.cpus_per_worker=1"]),
     "ours_checkpointing": ("ours", ["train.gradient_checkpointing=true"]),
     "ours_cached_mb8": ("ours", ["loss.kind=cached_mnrl", "loss.mini_batch_size=8"]),
 }
-REPEATED = ("plain", "ours", "ours_bucketed", "bare")
+REPEATED = ("plain", "ours", "ours_bucketed", "bare", "ours_1_thread", "bare_1_thread")
 
 
 def in_subprocess(case: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -245,7 +263,7 @@ def main() -> None:
     if args.case:
         runner, overrides = CASES[args.case]
         measure = {"ours": lambda: run_ours(args, overrides), "plain": lambda: run_plain(args)}
-        result = measure.get(runner, lambda: run_bare(args))()
+        result = measure.get(runner, lambda: run_bare(args, overrides))()
         print(json.dumps(result))
         return
 
@@ -263,8 +281,11 @@ def main() -> None:
     print(_table(summary, args))
 
 
-def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        k: statistics.median(r[k] for r in runs) if isinstance(v, float) else v
+        for k, v in runs[0].items()
+    }
 
 
 def _table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
@@ -281,14 +302,21 @@ def _table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> st
             f"| {case} | {m['step_s']:.2f} | {args.batch / m['step_s']:.2f} | "
             f"{m['tokens_per_s']:.0f} | {ratio} | {padding} | {wait} | {m['peak_memory_mib']:.0f} |"
         )
-    if "ours" in summary and "bare" in summary:
-        overhead = summary["bare"]["tokens_per_s"] / summary["ours"]["tokens_per_s"] - 1
-        lines.append(f"\nRay per-step overhead (ours vs the bare loop, tokens/s): {overhead:+.1%}")
+    lines.append("")
+    for suffix in ("", "_1_thread"):
+        ours, bare = summary.get("ours" + suffix), summary.get("bare" + suffix)
+        if ours and bare:
+            overhead = ours["step_s"] / bare["step_s"] - 1
+            same = "the same" if ours["stream_digest"] == bare["stream_digest"] else "DIFFERENT"
+            lines.append(
+                f"Ray per-step overhead, ours{suffix} vs bare{suffix} (s/step, {same} batches): "
+                f"{overhead:+.1%}"
+            )
     if "ours" in summary:
         ours = summary["ours"]
         lines.append(
             f"ray.init → first step: {ours['ray_init_to_first_step_s']:.1f} s "
-            f"(data + baseline eval {ours['data_and_baseline_s']:.1f} s, "
+            f"(read + tokenize {ours['data_s']:.1f} s, "
             f"trainer start {ours['trainer_start_s']:.1f} s)"
         )
     return "\n".join(lines)

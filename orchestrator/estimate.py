@@ -70,7 +70,7 @@ def total_steps(spec: ExperimentSpec, rows: dict[str, int]) -> int:
 
 
 def estimate(spec: ExperimentSpec) -> Estimate:
-    tokenizer = _tokenizer(spec)
+    encode = _token_encoder(spec)
     weights = {name: source.weight for name, source in spec.data.sources.items()}
     sources = []
     for name, source in spec.data.sources.items():
@@ -79,7 +79,7 @@ def estimate(spec: ExperimentSpec) -> Estimate:
             sources.append(SourceEstimate(name, None, None, share, None))
             continue
         rows, bad, sample = _count(source)
-        tokens = _mean_tokens(spec, tokenizer, sample)
+        tokens = _mean_tokens(spec, encode, sample)
         sources.append(SourceEstimate(name, rows, bad, share, tokens))
     known = all(s.rows is not None for s in sources)
     steps = (
@@ -119,18 +119,17 @@ def _count(source) -> tuple[int, int, list[list[str]]]:
     return rows, bad, sample
 
 
-def _tokenizer(spec: ExperimentSpec):
-    """The base model's tokenizer, if the model is on this machine (else no token counts)."""
-    from orchestrator.data.tokenize import load_tokenizer
+def _token_encoder(spec: ExperimentSpec):
+    """The base model's token encoder, if the model is on this machine (else no token counts)."""
+    from orchestrator.data.tokenize import token_encoder
 
     path = resolve_model(spec.model.base, fetch=False)
-    return load_tokenizer(path) if Path(path).is_dir() else None
+    return token_encoder(path, spec.model.max_seq_length) if Path(path).is_dir() else None
 
 
-def _mean_tokens(spec: ExperimentSpec, tokenizer, sample: list[list[str]]) -> float | None:
-    if tokenizer is None or not sample:
+def _mean_tokens(spec: ExperimentSpec, encode, sample: list[list[str]]) -> float | None:
+    if encode is None or not sample:
         return None
     prompts = [spec.model.query_prompt] + [spec.model.passage_prompt] * (len(sample[0]) - 1)
     texts = [prompt + text for row in sample for prompt, text in zip(prompts, row, strict=True)]
-    ids = tokenizer(texts, truncation=True, max_length=spec.model.max_seq_length)["input_ids"]
-    return sum(map(len, ids)) / len(sample)
+    return sum(map(len, encode(texts))) / len(sample)

@@ -1,8 +1,8 @@
-"""spec → datasets + baseline + TorchTrainer.fit() + export + final evaluation.
+"""spec → datasets + TorchTrainer.fit() + export + evaluation of the base and tuned models.
 
 This and :mod:`orchestrator.train_loop` are the only modules that know Ray Train. The driver
-is cheap (it runs on a head node or a laptop); anything that loads the model — baseline
-evaluation, export, final evaluation — runs as a Ray task with a worker's resources.
+is cheap (it runs on a head node or a laptop); anything that loads the model — export and
+the evaluation of both models — runs as a Ray task with a worker's resources.
 """
 
 from __future__ import annotations
@@ -122,9 +122,13 @@ _evaluate_task = ray.remote(_evaluate_here)
 def _export_task(
     spec_json: dict, model_path: str, checkpoint: Checkpoint, target: Location, summary: dict
 ) -> dict[str, Any]:
-    """Export, evaluate the exported folder, write the card, publish with a manifest last.
+    """Evaluate the base model (unless ``summary`` has its figures), export, evaluate the
+    exported folder, write the card, publish with a manifest last.
 
-    One task, so the folder that is evaluated is the one that is published, on one node.
+    One task, so the folder that is evaluated is the one that is published, and both models
+    are judged one after the other by the same code on the same node. The base model is
+    evaluated here, after training, rather than before it: the first step comes that much
+    sooner (bench/RESULTS.md) and a run's wall time is the same.
     """
     import tempfile
 
@@ -132,6 +136,12 @@ def _export_task(
     from orchestrator.storage import publish
 
     spec = ExperimentSpec.model_validate(spec_json)
+    timings = {}
+    if summary["baseline"] is None:
+        started = time.time()
+        summary = {**summary, "baseline": _evaluate_here(spec_json, model_path)}
+        timings["baseline_eval"] = time.time() - started
+    started = time.time()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "model" if target.is_remote else target.path
         export_model(spec, model_path, checkpoint, str(out))
@@ -141,7 +151,8 @@ def _export_task(
         write_model_card(out, spec, summary)
         metrics = {k: summary[k] for k in ("baseline", "finetuned")}
         publish(out, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
-    return {"finetuned": finetuned, "verdict": summary["verdict"]}
+    timings["export_and_eval"] = time.time() - started
+    return {k: summary[k] for k in ("baseline", "finetuned", "verdict")} | {"timings": timings}
 
 
 def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
@@ -214,10 +225,6 @@ def run(
 
     data = prepare_data(spec, model_path)
     t0 = time.time()
-    baseline = evaluate_baseline(spec, model_path)
-    baseline_s = time.time() - t0
-
-    t0 = time.time()
     start = Location(resume_from, *location.connection) if resume_from else None
     resumed_from = checkpoint_step(start) if start else latest_step(location)
     steps = total_steps(spec, data.rows)
@@ -226,16 +233,15 @@ def run(
     train_s = time.time() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
-    timings = {"data": data.seconds, "baseline_eval": baseline_s, "train": train_s}
     summary = finish(
         spec,
         model_path,
         result.checkpoint,
         result.metrics or {},
         data.reports,
-        baseline,
+        baseline=None,
         resumed_from_step=resumed_from,
-        timings=timings,
+        timings={"data": data.seconds, "train": train_s},
     )
     summary["timings_s"]["total"] = round(time.time() - started, 2)
     write_outputs(location, summary)
@@ -248,11 +254,12 @@ def finish(
     checkpoint: Checkpoint,
     metrics: dict[str, Any],
     reports: list[SourceReport],
-    baseline: dict[str, float],
+    baseline: dict[str, float] | None,
     resumed_from_step: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """After training: export the checkpoint, evaluate it, publish it; the run's summary.
+    """After training: export the checkpoint, evaluate it and the base model (unless
+    ``baseline`` is known), publish it; the run's summary.
 
     ``metrics`` are those reported with ``checkpoint``. Shared by ``run`` and by a search's
     best trial, so both publish exactly the same artifacts.
@@ -281,12 +288,16 @@ def finish(
         "baseline": baseline,
         "checkpoint": _uri_of(checkpoint, location),
     }
-    t0 = time.time()
     task = _export_task.options(**_remote_options(spec))
     spec_json = spec.model_dump(mode="json")
     target = location.join("model")
-    summary.update(ray.get(task.remote(spec_json, model_path, checkpoint, target, summary)))
-    timings = {**timings, "export_and_eval": time.time() - t0}
+    outcome = ray.get(task.remote(spec_json, model_path, checkpoint, target, summary))
+    timings = {**timings, **outcome.pop("timings")}
+    summary.update(outcome)
+    if baseline is None:
+        log.info(
+            "baseline %s = %.4f", spec.eval.main_metric, summary["baseline"][spec.eval.main_metric]
+        )
     timings["total"] = sum(timings.values())  # the phases; `run` replaces it with wall time
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
@@ -356,7 +367,7 @@ def build_trainer(
         ),
         datasets=datasets,
         # Every rank reads whole sources in a fixed order and takes its slice of each global
-        # batch (see train_loop._open_epoch): exact resume needs that determinism.
+        # batch (see train_loop.rank_batches): exact resume needs that determinism.
         dataset_config=DataConfig(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         ),

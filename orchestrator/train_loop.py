@@ -97,7 +97,7 @@ def build_optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim
     return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)
 
 
-def _open_epoch(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
+def rank_batches(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
     """This rank's slice of each global batch of one source, for one epoch.
 
     Every rank reads the whole (materialized) source in the same order with the same shuffle
@@ -123,7 +123,7 @@ def _open_epoch(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[
         yield {k: v[rank * local : (rank + 1) * local] for k, v in rows.items()}
 
 
-def _chain(digest: str, rows: dict[str, np.ndarray]) -> str:
+def chain_digest(digest: str, rows: dict[str, np.ndarray]) -> str:
     """Running fingerprint of the token ids (and scores or labels) a rank trained on, in order."""
     h = hashlib.sha256(digest.encode())
     for column in sorted(rows):
@@ -224,7 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     streams = {
         name: SourceStream(
             name,
-            partial(_open_epoch, ray.train.get_dataset_shard(name), spec, rank),
+            partial(rank_batches, ray.train.get_dataset_shard(name), spec, rank),
             positions[name],
         )
         for name in spec.data.sources
@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _chaos(spec, step, rank, restores)
         fetch_start = time.perf_counter()
         source, rows = mixed.next(step)
-        digest = _chain(digest, rows)
+        digest = chain_digest(digest, rows)
         real, padded = token_counts(rows)
         window_tokens += real
         window_padded += padded

@@ -294,10 +294,10 @@ def tune(
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 
     data = prepare_data(base, model_path)
-    baseline = evaluate_baseline(base, model_path)
     t0 = time.time()
     grid = _tuner(base, location, model_path, data, candidates).fit()
     search_s = time.time() - t0
+    baseline = evaluate_baseline(base, model_path)  # after the search: trials start sooner
 
     rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
     table = write_report(location, base, rows, baseline)

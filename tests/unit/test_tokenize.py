@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestrator.data.tokenize import collate, load_tokenizer, text_columns, tokenize_batch
+from orchestrator.data.tokenize import (
+    collate,
+    load_tokenizer,
+    text_columns,
+    token_encoder,
+    tokenize_batch,
+)
 
 # Prompts of different token lengths (1 and 2 words), so they can be told apart by length too.
 PROMPTS = {"anchor": "red ", "*": "blue and "}
@@ -75,6 +84,22 @@ def test_long_texts_are_truncated_to_max_length(tiny_model, tokenizer):
 def test_without_prompts_texts_are_tokenized_as_is(tiny_model, tokenizer, texts):
     ids = tokenize_batch(texts, tiny_model, MAX_LENGTH, {}).column("anchor__ids").to_pylist()
     assert ids == tokenizer(texts.column("anchor").to_pylist())["input_ids"]
+
+
+@pytest.mark.parametrize("max_length", [4, 8, 32])
+def test_token_encoder_gives_the_transformers_tokenizers_ids(tiny_model, tokenizer, max_length):
+    texts = ["what color is the car", "The  HOUSE is white\tand shiny", "what " * 40, "zebra ü"]
+    expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    assert token_encoder(tiny_model, max_length)(texts) == expected
+
+
+def test_without_tokenizer_json_the_transformers_tokenizer_encodes(tiny_model, tmp_path):
+    """A model whose tokenizer is only a vocabulary file still tokenizes, through transformers."""
+    folder = shutil.copytree(tiny_model, tmp_path / "slow")
+    (folder / "tokenizer.json").unlink()
+    shutil.copy(Path(tiny_model).parent / "vocab.txt", folder)  # the tiny model's word list
+    texts = ["what color is the car", "what " * 40]
+    assert token_encoder(str(folder), 8)(texts) == token_encoder(tiny_model, 8)(texts)
 
 
 def test_negative_columns_sort_numerically():
