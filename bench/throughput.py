@@ -15,9 +15,14 @@ ours/plain (medians over ``--repeats`` runs of the mean of ``--steps`` measured 
 ``--warmup`` steps; the runners draw their batches differently, so non-padding tokens/s is
 the fair rate and pairs/s depends on the lengths drawn),
 Ray start-up to the first step, and the memory levers (gradient checkpointing, cached loss).
+With ``--peak-tflops`` (the accelerator's dense peak at the precision used) it also prints
+the model FLOPs utilization, MFU = 6 x parameters x non-padding tokens/s / peak.
 
     .venv/bin/pip install -c constraints/cpu.txt -e '.[bench]'   # the plain trainer's needs
     .venv/bin/python bench/throughput.py [--steps 8] [--warmup 4] [--repeats 3] [--json out.json]
+    # on a GPU (H100/H200 bf16 dense peak: 989 TFLOPS), for every case:
+    .venv/bin/python bench/throughput.py --set scaling.use_gpu=true train.precision=bf16 \
+        --batch 256 --peak-tflops 989
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +62,7 @@ def bench_spec(args: argparse.Namespace, *overrides: str):
             "data.eval.max_queries=32",
             f"storage.uri={tempfile.mkdtemp(prefix='bench-runs-')}",
             "data.bucket_window=1",  # the quickstart buckets; the cases say when to
+            *args.set,
             *overrides,
         ],
     )
@@ -75,10 +80,6 @@ def rows_for(spec, count: int) -> list[dict[str, Any]]:
             if len(rows) == count:
                 break
     return rows
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 # --------------------------------------------------------------------------- runners
@@ -109,6 +110,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         "data_s": data_s,
         "trainer_start_s": first_step_start - ready - data_s,
         "stream_digest": result.summary["stream_digests"][0],
+        "params": result.summary["total_params"],
     }
 
 
@@ -122,11 +124,13 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
 
     from orchestrator.assets import resolve_model
     from orchestrator.losses import library_loss
-    from orchestrator.modeling import load_encoder
+    from orchestrator.modeling import count_parameters, load_encoder
+    from orchestrator.train_loop import peak_memory_mib
 
     spec = bench_spec(args)
     torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
-    model = load_encoder(resolve_model(spec.model.base), spec.model)
+    device = _device(spec)
+    model = load_encoder(resolve_model(spec.model.base), spec.model, device)
     total = args.warmup + args.steps
     rows = rows_for(spec, total * args.batch)
     tokens: list[int] = []
@@ -163,7 +167,8 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "step_s": step_s,
         "tokens_per_s": statistics.mean(tokens[args.warmup :]) / step_s,
-        "peak_memory_mib": peak_rss_mib(),
+        "peak_memory_mib": peak_memory_mib(device),
+        "params": count_parameters(model)[1],
     }
 
 
@@ -180,9 +185,16 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     from orchestrator.assets import resolve_model
     from orchestrator.data.tokenize import collate
     from orchestrator.losses import build_loss
-    from orchestrator.modeling import load_encoder
+    from orchestrator.modeling import count_parameters, load_encoder
     from orchestrator.runner import ensure_ray, prepare_data
-    from orchestrator.train_loop import PairEncoder, build_optimizer, chain_digest, rank_batches
+    from orchestrator.train_loop import (
+        PairEncoder,
+        build_optimizer,
+        chain_digest,
+        peak_memory_mib,
+        rank_batches,
+        to_device,
+    )
 
     spec = bench_spec(args, *overrides)
     path = resolve_model(spec.model.base)
@@ -199,10 +211,13 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
     torch.manual_seed(spec.train.seed)
     torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
-    model = load_encoder(path, spec.model)
+    device = _device(spec)
+    model = load_encoder(path, spec.model, device)
     model.train()
-    batches = [collate(batch_rows, model.tokenizer.pad_token_id or 0) for batch_rows in rows]
-    encoder, loss_fn = PairEncoder(model), build_loss(spec.loss, model)
+    pad_id = model.tokenizer.pad_token_id or 0
+    batches = [to_device(collate(batch_rows, pad_id), device) for batch_rows in rows]
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
+    encoder, loss_fn = PairEncoder(model, autocast), build_loss(spec.loss, model)
     optimizer = build_optimizer(model, spec)
     times = []
     for batch in batches:
@@ -212,6 +227,8 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's kernels, not only their launches
         times.append(time.perf_counter() - start)
     step_s = float(np.mean(times[args.warmup :]))
     masks = [g["attention_mask"] for b in batches[args.warmup :] for g in (b.queries, b.passages)]
@@ -219,9 +236,17 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     return {
         "step_s": step_s,
         "tokens_per_s": real / step_s,
-        "peak_memory_mib": peak_rss_mib(),
+        "peak_memory_mib": peak_memory_mib(device),
         "stream_digest": digest,
+        "params": count_parameters(model)[1],
     }
+
+
+def _device(spec):
+    import torch
+
+    cuda = spec.scaling.use_gpu and torch.cuda.is_available()
+    return torch.device("cuda" if cuda else "cpu")
 
 
 # --------------------------------------------------------------------------- driver
@@ -258,6 +283,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in a subprocess
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", nargs="*", default=[], help="spec overrides for every case")
+    parser.add_argument("--peak-tflops", type=float, help="accelerator peak, for MFU")
     args = parser.parse_args()
 
     if args.case:
@@ -291,16 +318,19 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     plain = summary.get("plain")
     lines = [
-        "| case | s/step | pairs/s | tokens/s | vs plain | padding | data wait | peak MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | s/step | pairs/s | tokens/s | vs plain | padding | data wait | peak MiB | MFU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, m in summary.items():
         ratio = f"{m['tokens_per_s'] / plain['tokens_per_s']:.2f}x" if plain else "-"
         padding = f"{m['padding_fraction']:.0%}" if "padding_fraction" in m else "-"
         wait = f"{m['data_wait_fraction']:.1%}" if "data_wait_fraction" in m else "-"
+        peak = args.peak_tflops
+        mfu = f"{6 * m['params'] * m['tokens_per_s'] / (peak * 1e12):.1%}" if peak else "-"
         lines.append(
             f"| {case} | {m['step_s']:.2f} | {args.batch / m['step_s']:.2f} | "
-            f"{m['tokens_per_s']:.0f} | {ratio} | {padding} | {wait} | {m['peak_memory_mib']:.0f} |"
+            f"{m['tokens_per_s']:.0f} | {ratio} | {padding} | {wait} | "
+            f"{m['peak_memory_mib']:.0f} | {mfu} |"
         )
     lines.append("")
     for suffix in ("", "_1_thread"):
