@@ -50,6 +50,11 @@ def load_tokenizer(model_path: str):
     return AutoTokenizer.from_pretrained(transformer_folder(model_path), local_files_only=True)
 
 
+#: tokenizer_config.json settings with which transformers rewrites the serialized tokenizer
+#: (special tokens added, pre-tokenizer, truncation side) when it loads it.
+REWRITING_SETTINGS = ("add_bos_token", "add_eos_token", "add_prefix_space", "truncation_side")
+
+
 @lru_cache(maxsize=4)
 def token_encoder(model_path: str, max_length: int) -> Callable[[list[str]], list[list[int]]]:
     """texts → token ids with the model's special tokens, truncated to ``max_length``.
@@ -57,12 +62,15 @@ def token_encoder(model_path: str, max_length: int) -> Callable[[list[str]], lis
     With a ``tokenizer.json`` (every fast tokenizer has one) this is the Rust tokenizer that
     transformers' fast tokenizer wraps, loaded by the ``tokenizers`` library alone: the same
     ids (tested against ``AutoTokenizer``), without importing transformers — 1.6 s in every
-    fresh Ray Data worker, most of the start-up's tokenizing time on a small corpus.
+    fresh Ray Data worker, most of the start-up's tokenizing time on a small corpus. A model
+    whose tokenizer_config.json changes that tokenizer on loading goes through transformers.
     """
-    path = Path(transformer_folder(model_path)) / "tokenizer.json"
-    if not path.is_file():  # a slow (Python) tokenizer only
-        slow = load_tokenizer(model_path)
-        return lambda texts: slow(texts, truncation=True, max_length=max_length)["input_ids"]
+    folder = Path(transformer_folder(model_path))
+    path, config = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    settings = json.loads(config.read_text()) if config.is_file() else {}
+    if not path.is_file() or any(key in settings for key in REWRITING_SETTINGS):
+        full = load_tokenizer(model_path)
+        return lambda texts: full(texts, truncation=True, max_length=max_length)["input_ids"]
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))

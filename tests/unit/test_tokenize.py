@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,19 @@ def test_without_tokenizer_json_the_transformers_tokenizer_encodes(tiny_model, t
     shutil.copy(Path(tiny_model).parent / "vocab.txt", folder)  # the tiny model's word list
     texts = ["what color is the car", "what " * 40]
     assert token_encoder(str(folder), 8)(texts) == token_encoder(tiny_model, 8)(texts)
+
+
+def test_a_tokenizer_config_that_rewrites_the_tokenizer_goes_through_transformers(
+    tiny_model, tmp_path
+):
+    """transformers applies ``truncation_side: left`` on loading; tokenizer.json does not say."""
+    folder = shutil.copytree(tiny_model, tmp_path / "left")
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "truncation_side": "left"}))
+    texts = ["what color is the car and the house"]
+    ids = token_encoder(str(folder), 5)(texts)
+    assert ids == load_tokenizer(str(folder))(texts, truncation=True, max_length=5)["input_ids"]
+    assert ids != token_encoder(tiny_model, 5)(texts)  # the last words kept, not the first
 
 
 def test_negative_columns_sort_numerically():
