@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,19 @@ def test_token_encoder_gives_the_transformers_tokenizers_ids(tiny_model, tokeniz
     texts = ["what color is the car", "The  HOUSE is white\tand shiny", "what " * 40, "zebra ü"]
     expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     assert token_encoder(tiny_model, max_length)(texts) == expected
+
+
+def test_tokenizing_does_not_import_transformers(tiny_model):
+    """What a fresh Ray Data worker pays to tokenize: no transformers (1.6 s) nor torch import."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from orchestrator.data.tokenize import tokenize_batch\n"
+        "table = pa.table({'anchor': ['the car'], 'positive': ['the car is red']})\n"
+        f"tokenize_batch(table, {tiny_model!r}, 8, {{}})\n"
+        "print(sorted({'transformers', 'torch'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_without_tokenizer_json_the_transformers_tokenizer_encodes(tiny_model, tmp_path):
