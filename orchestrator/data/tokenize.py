@@ -55,9 +55,19 @@ def load_tokenizer(model_path: str):
 REWRITING_SETTINGS = ("add_bos_token", "add_eos_token", "add_prefix_space", "truncation_side")
 
 
+#: Texts whose ids a tokenizing process keeps (about 1 KiB each at 256 tokens).
+MEMO_TEXTS = 20_000
+
+
 @lru_cache(maxsize=4)
-def token_encoder(model_path: str, max_length: int) -> Callable[[list[str]], list[list[int]]]:
-    """texts → token ids with the model's special tokens, truncated to ``max_length``.
+def token_encoder(model_path: str, max_length: int) -> Callable[[list[str]], list[np.ndarray]]:
+    """texts → int32 token ids with the model's special tokens, truncated to ``max_length``;
+    each distinct text is encoded once per process (:func:`memoized`)."""
+    return memoized(text_encoder(model_path, max_length))
+
+
+def text_encoder(model_path: str, max_length: int) -> Callable[[list[str]], list[list[int]]]:
+    """The model's tokenizer as a function of a list of texts, without any memo.
 
     With a ``tokenizer.json`` (every fast tokenizer has one) this is the Rust tokenizer that
     transformers' fast tokenizer wraps, loaded by the ``tokenizers`` library alone: the same
@@ -77,6 +87,33 @@ def token_encoder(model_path: str, max_length: int) -> Callable[[list[str]], lis
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
     return lambda texts: [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+
+
+def memoized(
+    encode: Callable[[list[str]], list[list[int]]], capacity: int = MEMO_TEXTS
+) -> Callable[[list[str]], list[np.ndarray]]:
+    """``encode`` run once per distinct text, across the batches a process tokenizes.
+
+    Pair corpora repeat their documents: SQuAD asks about ten questions per paragraph, a
+    mined corpus reuses the same hard negatives, a labeled set pairs one claim with several
+    passages: the quickstart's 9,183 passages are 1,763 paragraphs, tokenized in 0.47 s instead
+    of 2.47 s (``bench/tokenizing.py``).
+    The memo is emptied when full, so it holds about ``capacity`` texts at most.
+    """
+    memo: dict[str, np.ndarray] = {}
+
+    def encode_distinct(texts: list[str]) -> list[np.ndarray]:
+        distinct = list(dict.fromkeys(texts))
+        missing = [text for text in distinct if text not in memo]
+        if len(memo) + len(missing) > capacity:
+            memo.clear()
+            missing = distinct
+        if missing:
+            ids = (np.asarray(row, np.int32) for row in encode(missing))
+            memo.update(zip(missing, ids, strict=True))
+        return [memo[text] for text in texts]
+
+    return encode_distinct
 
 
 def tokenize_batch(

@@ -15,6 +15,7 @@ import pytest
 from orchestrator.data.tokenize import (
     collate,
     load_tokenizer,
+    memoized,
     text_columns,
     token_encoder,
     tokenize_batch,
@@ -44,6 +45,10 @@ def texts() -> pa.Table:
 @pytest.fixture(scope="module")
 def tokenized(tiny_model, texts) -> pa.Table:
     return tokenize_batch(texts, tiny_model, MAX_LENGTH, PROMPTS)
+
+
+def encoded(model_path: str, max_length: int, texts: list[str]) -> list[list[int]]:
+    return [ids.tolist() for ids in token_encoder(model_path, max_length)(texts)]
 
 
 def ids_of(table: pa.Table) -> dict[str, np.ndarray]:
@@ -93,7 +98,7 @@ def test_without_prompts_texts_are_tokenized_as_is(tiny_model, tokenizer, texts)
 def test_token_encoder_gives_the_transformers_tokenizers_ids(tiny_model, tokenizer, max_length):
     texts = ["what color is the car", "The  HOUSE is white\tand shiny", "what " * 40, "zebra ü"]
     expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    assert token_encoder(tiny_model, max_length)(texts) == expected
+    assert encoded(tiny_model, max_length, texts) == expected
 
 
 def test_tokenizing_does_not_import_transformers(tiny_model):
@@ -115,7 +120,7 @@ def test_without_tokenizer_json_the_transformers_tokenizer_encodes(tiny_model, t
     (folder / "tokenizer.json").unlink()
     shutil.copy(Path(tiny_model).parent / "vocab.txt", folder)  # the tiny model's word list
     texts = ["what color is the car", "what " * 40]
-    assert token_encoder(str(folder), 8)(texts) == token_encoder(tiny_model, 8)(texts)
+    assert encoded(str(folder), 8, texts) == encoded(tiny_model, 8, texts)
 
 
 def test_a_tokenizer_config_that_rewrites_the_tokenizer_goes_through_transformers(
@@ -126,9 +131,43 @@ def test_a_tokenizer_config_that_rewrites_the_tokenizer_goes_through_transformer
     config = folder / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "truncation_side": "left"}))
     texts = ["what color is the car and the house"]
-    ids = token_encoder(str(folder), 5)(texts)
+    ids = encoded(str(folder), 5, texts)
     assert ids == load_tokenizer(str(folder))(texts, truncation=True, max_length=5)["input_ids"]
-    assert ids != token_encoder(tiny_model, 5)(texts)  # the last words kept, not the first
+    assert ids != encoded(tiny_model, 5, texts)  # the last words kept, not the first
+
+
+class CountingEncoder:
+    """A stand-in tokenizer that records the texts it is asked to encode."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        self.seen.extend(texts)
+        return [[len(text), ord(text[0])] for text in texts]
+
+
+def test_memoized_encodes_each_distinct_text_once_across_batches():
+    inner = CountingEncoder()
+    encode = memoized(inner)
+    first = encode(["a paragraph", "q1", "a paragraph"])
+    second = encode(["q2", "a paragraph", "q1"])
+    assert inner.seen == ["a paragraph", "q1", "q2"]
+    expected = CountingEncoder()(["a paragraph", "q1", "a paragraph", "q2", "a paragraph", "q1"])
+    assert [ids.tolist() for ids in first + second] == expected
+    assert all(ids.dtype == np.int32 for ids in first + second)
+
+
+def test_memoized_stays_within_capacity_and_still_answers_every_text():
+    inner = CountingEncoder()
+    encode = memoized(inner, capacity=3)
+    encode(["a", "b", "c"])
+    # "a" is known but the memo is full: it is emptied, and every text of the batch encoded.
+    ids = encode(["a", "d", "e"])
+    assert [i.tolist() for i in ids] == CountingEncoder()(["a", "d", "e"])
+    assert inner.seen == ["a", "b", "c", "a", "d", "e"]
+    encode(["a"])
+    assert len(inner.seen) == 6  # "a" came from the memo
 
 
 def test_negative_columns_sort_numerically():
