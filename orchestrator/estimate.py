@@ -14,8 +14,7 @@ from pathlib import Path
 
 from orchestrator.assets import resolve_model
 from orchestrator.data.sources import local_rows
-from orchestrator.losses import negatives_per_query, negatives_phrase
-from orchestrator.spec import ExperimentSpec
+from orchestrator.spec import ExperimentSpec, InfoNCELoss, Loss
 
 SAMPLE_ROWS = 512
 
@@ -133,3 +132,22 @@ def _mean_tokens(spec: ExperimentSpec, encode, sample: list[list[str]]) -> float
     prompts = [spec.model.query_prompt] + [spec.model.passage_prompt] * (len(sample[0]) - 1)
     texts = [prompt + text for row in sample for prompt, text in zip(prompts, row, strict=True)]
     return sum(map(len, encode(texts))) / len(sample)
+
+
+def negatives_phrase(count: int) -> str:
+    """``31 negatives per query``, or what a pair loss does instead."""
+    return f"{count} negatives per query" if count else "each pair scored on its own"
+
+
+def negatives_per_query(spec: Loss, per_worker_batch: int, world_size: int, hard: int) -> int:
+    """How many candidates compete with each query's positive in one step.
+
+    In-batch losses (InfoNCE) rank against the whole pool; triplet against its own negatives;
+    the pair losses (CoSENT, AnglE, cosine, contrastive) score each pair on its own: 0.
+    """
+    if spec.kind == "triplet":
+        return hard
+    if not isinstance(spec, InfoNCELoss):
+        return 0
+    pool = per_worker_batch * (world_size if spec.gather_across_workers else 1)
+    return pool * (1 + hard) - 1

@@ -60,7 +60,7 @@ def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = HEADLIN
 
 
 def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
-    from orchestrator.losses import negatives_phrase
+    from orchestrator.estimate import negatives_phrase
 
     steps_by_source = summary.get("source_steps") or {}
     lines = [

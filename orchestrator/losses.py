@@ -151,22 +151,3 @@ def build_loss(
     weights = spec.matryoshka_weights or [1.0] * len(spec.matryoshka_dims)
     wrapped = st_losses.MatryoshkaLoss(model, inner, spec.matryoshka_dims, weights)
     return CachedEmbeddingLoss(inner, wrapped)
-
-
-def negatives_phrase(count: int) -> str:
-    """``31 negatives per query``, or what a pair loss does instead."""
-    return f"{count} negatives per query" if count else "each pair scored on its own"
-
-
-def negatives_per_query(spec: Loss, per_worker_batch: int, world_size: int, hard: int) -> int:
-    """How many candidates compete with each query's positive in one step.
-
-    In-batch losses (InfoNCE) rank against the whole pool; triplet against its own negatives;
-    the pair losses (CoSENT, AnglE, cosine, contrastive) score each pair on its own: 0.
-    """
-    if spec.kind == "triplet":
-        return hard
-    if not isinstance(spec, InfoNCELoss):
-        return 0
-    pool = per_worker_batch * (world_size if spec.gather_across_workers else 1)
-    return pool * (1 + hard) - 1

@@ -30,23 +30,20 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from orchestrator.assets import resolve_model
+from orchestrator.checkpoints import checkpoint_at, checkpoint_step, latest_step
 from orchestrator.data.sources import SourceReport, read_sources
 from orchestrator.data.tokenize import tokenize_batch
-from orchestrator.estimate import total_steps
-from orchestrator.losses import negatives_per_query
+from orchestrator.estimate import negatives_per_query, total_steps
 from orchestrator.monitor import Display, RunMonitor, interactive_display, read_history
 from orchestrator.preflight import preflight
 from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.storage import (
     Location,
     arrow_storage,
-    list_keys,
-    read_text,
     remove_tree,
     write_bytes,
     write_text,
 )
-from orchestrator.train_loop import META_FILE, train_loop_per_worker
 
 log = logging.getLogger("orchestrator")
 REPORT_FILE = "report.html"
@@ -323,6 +320,18 @@ def write_outputs(run: Location, summary: dict[str, Any]) -> None:
                 write_bytes(target, path.read_bytes())
 
 
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point in every worker.
+
+    The recipe's imports (torch's model stack, transformers, sentence-transformers: about
+    4 s) happen here, in the worker; the driver, which only submits and watches, never pays
+    them (``bench/RESULTS.md``, start-up).
+    """
+    from orchestrator.train_loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
 def build_trainer(
     spec: ExperimentSpec,
     model_path: str,
@@ -342,7 +351,7 @@ def build_trainer(
     monitor = RunMonitor(spec.run_id, spec.name, run_location(spec), display)
     storage_path, filesystem = arrow_storage(Location.of(spec.storage).join(spec.name))
     return TorchTrainer(
-        train_loop_per_worker,
+        train_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "model_path": model_path,
@@ -374,39 +383,8 @@ def build_trainer(
     )
 
 
-def checkpoint_at(location: Location) -> Checkpoint:
-    path, filesystem = arrow_storage(location)
-    return Checkpoint(path=path, filesystem=filesystem)
-
-
 def _uri_of(checkpoint: Checkpoint, location: Location) -> str:
     return f"s3://{checkpoint.path}" if location.is_remote else checkpoint.path
-
-
-def checkpoint_meta(checkpoint: Location) -> dict[str, Any]:
-    """``meta.json`` of a checkpoint: step, mixture positions, the metrics reported with it."""
-    return json.loads(read_text(checkpoint.join(META_FILE)))
-
-
-def checkpoint_step(checkpoint: Location) -> int:
-    return checkpoint_meta(checkpoint)["step"]
-
-
-def latest_checkpoint(run: Location) -> tuple[Location, dict[str, Any]] | None:
-    """The newest checkpoint in a run folder (the one Ray Train resumes from) and its meta."""
-    folders = [
-        run.join(k.rsplit("/", 1)[0])
-        for k in list_keys(run)
-        if k.startswith("checkpoint_") and k.endswith(META_FILE)
-    ]
-    found = [(folder, checkpoint_meta(folder)) for folder in folders]
-    return max(found, key=lambda item: item[1]["step"], default=None)
-
-
-def latest_step(run: Location) -> int:
-    """Step of the newest checkpoint already in a run folder, or 0."""
-    latest = latest_checkpoint(run)
-    return latest[1]["step"] if latest else 0
 
 
 def verdict(baseline: dict[str, float], finetuned: dict[str, float], main: str) -> dict[str, Any]:

@@ -29,10 +29,12 @@ import ray.train.torch
 import torch
 from transformers import get_scheduler
 
+from orchestrator.checkpoints import META_FILE, STATE_FILE
 from orchestrator.data.buckets import bucketed, token_counts
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
-from orchestrator.losses import build_loss, negatives_per_query
+from orchestrator.estimate import negatives_per_query
+from orchestrator.losses import build_loss
 from orchestrator.modeling import (
     attach_lora,
     count_parameters,
@@ -43,8 +45,6 @@ from orchestrator.modeling import (
 )
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import Location, publish
-
-STATE_FILE, META_FILE = "state.pt", "meta.json"
 
 
 class PairEncoder(torch.nn.Module):

@@ -29,6 +29,7 @@ from ray import tune as ray_tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.assets import resolve_model
+from orchestrator.checkpoints import checkpoint_at, latest_checkpoint
 from orchestrator.errors import SearchInterrupted
 from orchestrator.estimate import total_steps
 from orchestrator.preflight import preflight
@@ -36,11 +37,9 @@ from orchestrator.runner import (
     PreparedData,
     RunResult,
     build_trainer,
-    checkpoint_at,
     ensure_ray,
     evaluate_baseline,
     finish,
-    latest_checkpoint,
     prepare_data,
     run_location,
     write_outputs,

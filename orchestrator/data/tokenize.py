@@ -94,7 +94,7 @@ def memoized(
 ) -> Callable[[list[str]], list[np.ndarray]]:
     """``encode`` run once per distinct text, across the batches a process tokenizes.
 
-    Pair corpora repeat their documents: SQuAD asks about ten questions per paragraph, a
+    Pair corpora repeat their documents: SQuAD asks about five questions per paragraph, a
     mined corpus reuses the same hard negatives, a labeled set pairs one claim with several
     passages: the quickstart's 9,183 passages are 1,763 paragraphs, tokenized in 0.47 s instead
     of 2.47 s (``bench/tokenizing.py``).

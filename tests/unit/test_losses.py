@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.data.tokenize import Batch, pad
-from orchestrator.losses import build_loss, negatives_per_query
+from orchestrator.estimate import negatives_per_query
+from orchestrator.losses import build_loss
 from orchestrator.spec import (
     LOSS_CLASSES,
     CachedInfoNCELoss,

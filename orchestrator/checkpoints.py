@@ -1,0 +1,52 @@
+"""What a checkpoint folder holds, and the newest checkpoint of a run.
+
+Written by :mod:`orchestrator.train_loop` (rank 0, every ``checkpoint_every`` steps), read by
+the driver to resume, to report where a run stands and to export. Light on purpose: the
+driver reads checkpoints without importing torch's model stack.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray.train import Checkpoint
+
+from orchestrator.storage import Location, arrow_storage, list_keys, read_text
+
+#: ``torch.save`` of the trainable weights, optimizer, scheduler and each rank's RNG state.
+STATE_FILE = "state.pt"
+#: Step, mixture positions, stream digests and the metrics reported with the checkpoint.
+META_FILE = "meta.json"
+
+
+def checkpoint_at(location: Location) -> Checkpoint:
+    """A checkpoint folder (local or in object storage) as Ray Train's ``Checkpoint``."""
+    path, filesystem = arrow_storage(location)
+    return Checkpoint(path=path, filesystem=filesystem)
+
+
+def checkpoint_meta(checkpoint: Location) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint: step, mixture positions, the metrics reported with it."""
+    return json.loads(read_text(checkpoint.join(META_FILE)))
+
+
+def checkpoint_step(checkpoint: Location) -> int:
+    return checkpoint_meta(checkpoint)["step"]
+
+
+def latest_checkpoint(run: Location) -> tuple[Location, dict[str, Any]] | None:
+    """The newest checkpoint in a run folder (the one Ray Train resumes from) and its meta."""
+    folders = [
+        run.join(k.rsplit("/", 1)[0])
+        for k in list_keys(run)
+        if k.startswith("checkpoint_") and k.endswith(META_FILE)
+    ]
+    found = [(folder, checkpoint_meta(folder)) for folder in folders]
+    return max(found, key=lambda item: item[1]["step"], default=None)
+
+
+def latest_step(run: Location) -> int:
+    """Step of the newest checkpoint already in a run folder, or 0."""
+    latest = latest_checkpoint(run)
+    return latest[1]["step"] if latest else 0
