@@ -2,8 +2,9 @@
 
 Starts ``orchestrator run`` on the quickstart (a local Ray instance), waits until training is
 under way, then samples each process's CPU time at the start and the end of a window and
-prints the busiest processes as a share of one core. On a machine whose cores torch keeps
-busy, everything that is not the training worker is taken from the step.
+prints the busiest processes as a share of one core, then the threads of the training worker
+(torch's compute threads and Ray's own). On a machine whose cores torch keeps
+busy, everything that is not a torch thread of the training worker is taken from the step.
 
     .venv/bin/python bench/ray_cpu.py [--settle 45] [--window 40] [--top 16]
 """
@@ -11,13 +12,17 @@ busy, everything that is not the training worker is taken from the step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
+
+WORKER = "ray::RayTrainWorker"  # the process title Ray Train gives its workers
 
 
 def cpu_seconds() -> dict[int, tuple[float, str]]:
@@ -30,6 +35,24 @@ def cpu_seconds() -> dict[int, tuple[float, str]]:
             continue
         found[process.pid] = (times.user + times.system, " ".join(process.info["cmdline"] or []))
     return found
+
+
+def thread_seconds(pid: int) -> dict[int, tuple[float, str]]:
+    """tid → (CPU seconds so far, thread name) of one process's threads."""
+    found = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for thread in psutil.Process(pid).threads():
+            with contextlib.suppress(OSError):
+                name = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+                found[thread.id] = (thread.user_time + thread.system_time, name)
+    return found
+
+
+def shares(before: dict, after: dict, elapsed: float) -> list[tuple[float, int, str]]:
+    """(share of one core, id, label) over the window, busiest first."""
+    rows = [((cpu - before.get(key, (0.0,))[0]) / elapsed, key, label)
+            for key, (cpu, label) in after.items()]  # fmt: skip
+    return sorted(rows, reverse=True)
 
 
 def main() -> None:
@@ -47,16 +70,20 @@ def main() -> None:
     try:
         time.sleep(args.settle)
         before, started = cpu_seconds(), time.time()
+        worker = next(pid for pid, (_, line) in before.items() if line.startswith(WORKER))
+        threads_before = thread_seconds(worker)
         time.sleep(args.window)
         after, elapsed = cpu_seconds(), time.time() - started
+        threads_after = thread_seconds(worker)
     finally:
         run.send_signal(signal.SIGINT)  # the driver then shuts its local Ray instance down
         run.wait()
-    shares = sorted(
-        ((cpu - before.get(pid, (0.0,))[0]) / elapsed, line) for pid, (cpu, line) in after.items()
-    )
-    for share, line in reversed(shares[-args.top :]):
+    for share, _, line in shares(before, after, elapsed)[: args.top]:
         print(f"{share:7.1%}  {line[:100]}")
+    print(f"\nthreads of the training worker (pid {worker}):")
+    for share, tid, name in shares(threads_before, threads_after, elapsed):
+        if share >= 0.001:
+            print(f"{share:7.1%}  {tid} {name}")
 
 
 if __name__ == "__main__":
