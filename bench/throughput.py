@@ -196,6 +196,7 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     from orchestrator.runner import ensure_ray, prepare_data
     from orchestrator.train_loop import (
         PairEncoder,
+        autocast_dtype,
         build_optimizer,
         chain_digest,
         peak_memory_mib,
@@ -223,8 +224,8 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     model.train()
     pad_id = model.tokenizer.pad_token_id or 0
     batches = [to_device(collate(batch_rows, pad_id), device) for batch_rows in rows]
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
-    encoder, loss_fn = PairEncoder(model, autocast), build_loss(spec.loss, model)
+    encoder = PairEncoder(model, autocast_dtype(spec.train.precision))
+    loss_fn = build_loss(spec.loss, model)
     optimizer = build_optimizer(model, spec)
     times = []
     for batch in batches:

@@ -74,6 +74,11 @@ class PairEncoder(torch.nn.Module):
         return [self._embed(features) for features in groups]
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """``train.precision`` → the dtype the forward runs in under autocast (None: fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     def move(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(device, non_blocking=True) for k, v in features.items()}
@@ -190,9 +195,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if spec.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     precision = spec.train.precision
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     encoder = ray.train.torch.prepare_model(
-        PairEncoder(model, autocast_dtype),
+        PairEncoder(model, autocast_dtype(precision)),
         parallel_strategy_kwargs={"find_unused_parameters": True},
     )
     optimizer = build_optimizer(model, spec)

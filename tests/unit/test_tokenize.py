@@ -17,6 +17,7 @@ from orchestrator.data.tokenize import (
     load_tokenizer,
     memoized,
     text_columns,
+    text_encoder,
     token_encoder,
     tokenize_batch,
 )
@@ -137,37 +138,39 @@ def test_a_tokenizer_config_that_rewrites_the_tokenizer_goes_through_transformer
 
 
 class CountingEncoder:
-    """A stand-in tokenizer that records the texts it is asked to encode."""
+    """The tiny model's real tokenizer, recording the texts it is asked to encode."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_path: str) -> None:
+        self.encode = text_encoder(model_path, MAX_LENGTH)
         self.seen: list[str] = []
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         self.seen.extend(texts)
-        return [[len(text), ord(text[0])] for text in texts]
+        return self.encode(texts)
 
 
-def test_memoized_encodes_each_distinct_text_once_across_batches():
-    inner = CountingEncoder()
+def test_memoized_encodes_each_distinct_text_once_across_batches(tiny_model):
+    inner = CountingEncoder(tiny_model)
     encode = memoized(inner)
-    first = encode(["a paragraph", "q1", "a paragraph"])
-    second = encode(["q2", "a paragraph", "q1"])
-    assert inner.seen == ["a paragraph", "q1", "q2"]
-    expected = CountingEncoder()(["a paragraph", "q1", "a paragraph", "q2", "a paragraph", "q1"])
-    assert [ids.tolist() for ids in first + second] == expected
+    first = encode(["the red car", "what color", "the red car"])
+    second = encode(["which house", "the red car", "what color"])
+    assert inner.seen == ["the red car", "what color", "which house"]
+    texts = ["the red car", "what color", "the red car", "which house", "the red car", "what color"]
+    assert [ids.tolist() for ids in first + second] == text_encoder(tiny_model, MAX_LENGTH)(texts)
     assert all(ids.dtype == np.int32 for ids in first + second)
 
 
-def test_memoized_stays_within_capacity_and_still_answers_every_text():
-    inner = CountingEncoder()
+def test_memoized_stays_within_capacity_and_still_answers_every_text(tiny_model):
+    inner = CountingEncoder(tiny_model)
     encode = memoized(inner, capacity=3)
-    encode(["a", "b", "c"])
-    # "a" is known but the memo is full: it is emptied, and every text of the batch encoded.
-    ids = encode(["a", "d", "e"])
-    assert [i.tolist() for i in ids] == CountingEncoder()(["a", "d", "e"])
-    assert inner.seen == ["a", "b", "c", "a", "d", "e"]
-    encode(["a"])
-    assert len(inner.seen) == 6  # "a" came from the memo
+    encode(["a car", "a house", "a tree"])
+    # "a car" is known but the memo is full: it is emptied, and every text of the batch encoded.
+    texts = ["a car", "the sky", "the sea"]
+    ids = encode(texts)
+    assert [i.tolist() for i in ids] == text_encoder(tiny_model, MAX_LENGTH)(texts)
+    assert inner.seen == ["a car", "a house", "a tree", "a car", "the sky", "the sea"]
+    encode(["a car"])
+    assert len(inner.seen) == 6  # "a car" came from the memo
 
 
 def test_negative_columns_sort_numerically():
