@@ -190,6 +190,7 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import torch
 
     from orchestrator.assets import resolve_model
+    from orchestrator.data.order import epoch_order
     from orchestrator.data.tokenize import collate
     from orchestrator.losses import build_loss
     from orchestrator.modeling import count_parameters, load_encoder
@@ -209,7 +210,8 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     total = args.warmup + args.steps
     ensure_ray()
     (dataset,) = prepare_data(spec, path).datasets.values()
-    stream = rank_batches(dataset, spec, rank=0, epoch=0)
+    first_epoch = epoch_order(dataset, spec.train.seed, 0, spec.data.shuffle, 0.5)
+    stream = rank_batches(first_epoch, spec, rank=0, epoch=0)
     rows = [next(stream) for _ in range(total)]
     stream.close()  # stops the iterator's threads before Ray goes
     ray.shutdown()

@@ -32,7 +32,7 @@ from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from orchestrator.spec import EvalSet, ExperimentSpec
+    from orchestrator.spec import EvalSet, ExperimentSpec, RetrievalEvalSpec
 
 log = logging.getLogger("orchestrator")
 
@@ -52,28 +52,77 @@ def _read_jsonl(path: str) -> dict[str, str]:
     return out
 
 
-def load_retrieval_set(spec: ExperimentSpec, seed: int = 0):
-    """Queries, corpus and relevance judgments of the held-out set (queries capped if asked)."""
-    ev = spec.data.eval
-    corpus, queries = _read_jsonl(ev.corpus), _read_jsonl(ev.queries)
+def load_retrieval_set(held_out: RetrievalEvalSpec, seed: int = 0):
+    """Queries, corpus and relevance judgments of a retrieval set (queries capped if asked)."""
+    corpus, queries = _read_jsonl(held_out.corpus), _read_jsonl(held_out.queries)
     relevant: dict[str, set[str]] = {}
-    with open(ev.qrels) as f:
+    with open(held_out.qrels) as f:
         for row in csv.DictReader(f, delimiter="\t"):
             if float(row.get("score", 1)) > 0:
                 relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
     qids = sorted(q for q in relevant if q in queries)
-    if ev.max_queries and len(qids) > ev.max_queries:
-        qids = sorted(random.Random(seed).sample(qids, ev.max_queries))
+    if held_out.max_queries and len(qids) > held_out.max_queries:
+        qids = sorted(random.Random(seed).sample(qids, held_out.max_queries))
     return {q: queries[q] for q in qids}, corpus, {q: relevant[q] for q in qids}
+
+
+def per_query_metrics(
+    hits: list[list[dict[str, Any]]],
+    query_ids: list[str],
+    relevant: dict[str, set[str]],
+    ks: list[int],
+) -> dict[str, np.ndarray]:
+    """Each query's ndcg@k, mrr@k, recall@k, precision@k, accuracy@k and map@100.
+
+    The library computes these per query and keeps only their means; the verdict's interval
+    needs them per query. Same definitions as ``InformationRetrievalEvaluator.compute_metrics``
+    (binary relevance, ties by corpus id); a test checks that their means are its figures.
+    """
+    out: dict[str, list[float]] = {}
+    for hits_of_query, qid in zip(hits, query_ids, strict=True):
+        ranked = sorted(hits_of_query, key=lambda h: (-h["score"], h["corpus_id"]))
+        wanted = relevant[qid]
+        found = np.array([h["corpus_id"] in wanted for h in ranked[: max(*ks, 100)]], float)
+        for k in ks:
+            top = found[:k]
+            ideal = 1 / np.log2(np.arange(2, min(k, len(wanted)) + 2))
+            gains = top / np.log2(np.arange(2, len(top) + 2))
+            first = np.flatnonzero(top)
+            values = {
+                f"ndcg@{k}": gains.sum() / ideal.sum(),
+                f"mrr@{k}": 1 / (first[0] + 1) if len(first) else 0.0,
+                f"recall@{k}": top.sum() / len(wanted),
+                f"precision@{k}": top.sum() / k,
+                f"accuracy@{k}": float(top.any()),
+            }
+            for name, value in values.items():
+                out.setdefault(name, []).append(float(value))
+        top = found[:100]
+        precision_at_hits = np.cumsum(top) / np.arange(1, len(top) + 1) * top
+        out.setdefault("map@100", []).append(precision_at_hits.sum() / min(100, len(wanted)))
+    return {name: np.array(values) for name, values in out.items()}
+
+
+class RetrievalEvaluator(InformationRetrievalEvaluator):
+    """The library's retrieval evaluator that also keeps each query's metric values."""
+
+    per_query: dict[str, np.ndarray]
+
+    def compute_metrics(self, queries_result_list: list[object]):
+        ks = sorted(set(self.ndcg_at_k) | set(self.mrr_at_k) | set(self.accuracy_at_k))
+        self.per_query = per_query_metrics(
+            queries_result_list, self.queries_ids, self.relevant_docs, ks
+        )
+        return super().compute_metrics(queries_result_list)
 
 
 def build_evaluator(
     spec: ExperimentSpec, retrieval_set: tuple, truncate_dim: int | None = None
-) -> InformationRetrievalEvaluator:
-    """The held-out evaluator over ``retrieval_set`` (from :func:`load_retrieval_set`)."""
+) -> RetrievalEvaluator:
+    """The evaluator over ``retrieval_set`` (from :func:`load_retrieval_set`)."""
     queries, corpus, relevant = retrieval_set
     ks = sorted(set(spec.eval.k_values) | {10})
-    return InformationRetrievalEvaluator(
+    return RetrievalEvaluator(
         queries=queries,
         corpus=corpus,
         relevant_docs=relevant,
@@ -174,17 +223,27 @@ def evaluate(model: SentenceTransformer, spec: ExperimentSpec) -> dict[str, floa
     Each of ``eval.matryoshka_dims`` adds the retrieval metrics on truncated embeddings, named
     ``dim<d>/ndcg@10``; each named set adds ``<name>/<metric>``.
     """
+    return evaluate_per_query(model, spec)[0]
+
+
+def evaluate_per_query(
+    model: SentenceTransformer, spec: ExperimentSpec
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """:func:`evaluate`, plus each retrieval metric's per-query values (for intervals)."""
     metrics: dict[str, float] = {}
+    per_query: dict[str, np.ndarray] = {}
     if spec.data.eval is not None:
-        retrieval_set = load_retrieval_set(spec)
+        retrieval_set = load_retrieval_set(spec.data.eval)
         for dim in [None, *spec.eval.matryoshka_dims]:
             prefix = f"dim{dim}/" if dim else ""
-            raw = build_evaluator(spec, retrieval_set, dim)(model)  # "heldout_cosine_ndcg@10"
+            evaluator = build_evaluator(spec, retrieval_set, dim)
+            raw = evaluator(model)  # "heldout_cosine_ndcg@10"
             metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
+            per_query.update({prefix + k: v for k, v in evaluator.per_query.items()})
     for name, held_out in spec.data.eval_sets.items():
         raw = build_set_evaluator(name, held_out, spec)(model)
         for key, value in sorted(raw.items()):
             metric = _set_metric(key, name)
             if metric in held_out.metrics:
                 metrics[f"{name}/{metric}"] = float(value)
-    return metrics
+    return metrics, per_query

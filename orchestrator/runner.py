@@ -31,6 +31,7 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import checkpoint_at, checkpoint_step, latest_step
+from orchestrator.data.order import epoch_name, epoch_order, epochs_needed
 from orchestrator.data.sources import SourceReport, read_sources
 from orchestrator.data.tokenize import tokenize_batch
 from orchestrator.estimate import negatives_per_query, total_steps
@@ -44,6 +45,7 @@ from orchestrator.storage import (
     write_bytes,
     write_text,
 )
+from orchestrator.verdict import Evaluation, verdict
 
 log = logging.getLogger("orchestrator")
 REPORT_FILE = "report.html"
@@ -107,27 +109,35 @@ def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -
     )
 
 
-def _evaluate_here(spec_json: dict, model_path: str) -> dict[str, float]:
+def _evaluate_here(spec_json: dict, model_path: str) -> Evaluation:
+    """One model's metrics and per-query values, in this process."""
     import torch
 
-    from orchestrator.evaluation import evaluate
+    from orchestrator.evaluation import evaluate_per_query
     from orchestrator.modeling import load_encoder
 
     spec = ExperimentSpec.model_validate(spec_json)
     torch.set_num_threads(max(1, math.ceil(spec.scaling.cpus_per_worker)))
     device = "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    return evaluate(load_encoder(model_path, spec.model, device), spec)
+    return Evaluation(*evaluate_per_query(load_encoder(model_path, spec.model, device), spec))
 
 
-_evaluate_task = ray.remote(_evaluate_here)
+@ray.remote
+def _evaluate_task(spec_json: dict, model_path: str) -> Evaluation:
+    return _evaluate_here(spec_json, model_path)
 
 
 @ray.remote
 def _export_task(
-    spec_json: dict, model_path: str, checkpoint: Checkpoint, target: Location, summary: dict
+    spec_json: dict,
+    model_path: str,
+    checkpoint: Checkpoint,
+    target: Location,
+    summary: dict,
+    baseline: Evaluation | None,
 ) -> dict[str, Any]:
-    """Evaluate the base model (unless ``summary`` has its figures), export, evaluate the
-    exported folder, write the card, publish with a manifest last.
+    """Evaluate the base model (unless ``baseline`` is known), export, evaluate the exported
+    folder, judge the difference, write the card, publish with a manifest last.
 
     One task, so the folder that is evaluated is the one that is published, and both models
     are judged one after the other by the same code on the same node. The base model is
@@ -141,17 +151,17 @@ def _export_task(
 
     spec = ExperimentSpec.model_validate(spec_json)
     timings = {}
-    if summary["baseline"] is None:
+    if baseline is None:
         started = time.time()
-        summary = {**summary, "baseline": _evaluate_here(spec_json, model_path)}
+        baseline = _evaluate_here(spec_json, model_path)
         timings["baseline_eval"] = time.time() - started
     started = time.time()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "model" if target.is_remote else target.path
         export_model(spec, model_path, checkpoint, str(out))
         finetuned = _evaluate_here(spec_json, str(out))
-        summary = {**summary, "finetuned": finetuned}
-        summary["verdict"] = verdict(summary["baseline"], finetuned, spec.eval.main_metric)
+        summary = {**summary, "baseline": baseline.metrics, "finetuned": finetuned.metrics}
+        summary["verdict"] = verdict(spec.eval.main_metric, baseline, finetuned)
         write_model_card(out, spec, summary)
         metrics = {k: summary[k] for k in ("baseline", "finetuned")}
         publish(out, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
@@ -171,13 +181,21 @@ def ensure_ray() -> None:
     """
     if not ray.is_initialized():
         ray.init(log_to_driver=True, configure_logging=False, dashboard_host="127.0.0.1")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Blocks in input order, not in the order their tasks finish: what is stored, and so what
+    # `max_rows` keeps and what a run trains on, must not depend on task timing.
+    context.execution_options.preserve_order = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset: too chatty
 
 
 @dataclass
 class PreparedData:
-    """Tokenized, materialized sources: read once for a run's workers or a search's trials."""
+    """Tokenized, materialized sources in file order: read once for a run or a search's trials.
+
+    Each row keeps its stable identity (``order.ROW_ID``); the trainer orders every epoch from
+    it (:func:`epoch_datasets`).
+    """
 
     datasets: dict[str, ray.data.Dataset]
     reports: list[SourceReport]
@@ -197,11 +215,11 @@ def prepare_data(spec: ExperimentSpec, model_path: str) -> PreparedData:
     return PreparedData(datasets, reports, time.time() - t0)
 
 
-def evaluate_baseline(spec: ExperimentSpec, model_path: str) -> dict[str, float]:
+def evaluate_baseline(spec: ExperimentSpec, model_path: str) -> Evaluation:
     """The base model on the held-out set, in a task with a training worker's resources."""
     task = _evaluate_task.options(**_remote_options(spec))
     baseline = ray.get(task.remote(spec.model_dump(mode="json"), model_path))
-    log.info("baseline %s = %.4f", spec.eval.main_metric, baseline[spec.eval.main_metric])
+    log.info("baseline %s = %.4f", spec.eval.main_metric, baseline.metrics[spec.eval.main_metric])
     return baseline
 
 
@@ -258,7 +276,7 @@ def finish(
     checkpoint: Checkpoint,
     metrics: dict[str, Any],
     reports: list[SourceReport],
-    baseline: dict[str, float] | None,
+    baseline: Evaluation | None,
     resumed_from_step: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
@@ -289,13 +307,12 @@ def finish(
         "sources": {
             r.name: {"rows": r.rows, "bad_rows": r.bad_rows, "examples": r.lines()} for r in reports
         },
-        "baseline": baseline,
         "checkpoint": _uri_of(checkpoint, location),
     }
     task = _export_task.options(**_remote_options(spec))
     spec_json = spec.model_dump(mode="json")
     target = location.join("model")
-    outcome = ray.get(task.remote(spec_json, model_path, checkpoint, target, summary))
+    outcome = ray.get(task.remote(spec_json, model_path, checkpoint, target, summary, baseline))
     timings = {**timings, **outcome.pop("timings")}
     summary.update(outcome)
     if baseline is None:
@@ -382,7 +399,7 @@ def build_trainer(
             callbacks=[monitor, *(callbacks or [])],
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
-        datasets=datasets,
+        datasets=epoch_datasets(spec, datasets, steps),
         # Every rank reads whole sources in a fixed order and takes its slice of each global
         # batch (see train_loop.rank_batches): exact resume needs that determinism.
         dataset_config=DataConfig(
@@ -391,19 +408,31 @@ def build_trainer(
     )
 
 
+def epoch_datasets(
+    spec: ExperimentSpec, datasets: dict[str, ray.data.Dataset], steps: int
+) -> dict[str, ray.data.Dataset]:
+    """Every epoch of every source that ``steps`` can reach, each in its own seeded order.
+
+    Ordered and materialized here, on the driver, with the cluster's CPUs: inside a training
+    worker Ray Data may only use what the workers leave free, and on a small machine that
+    is too little for a sort's tasks (it waits forever). Ray Train hands each epoch to the
+    workers by name (:func:`orchestrator.data.order.epoch_name`).
+    """
+    out = {}
+    for name, dataset in datasets.items():
+        for epoch in range(epochs_needed(dataset.count(), spec.train.batch_size, steps)):
+            out[epoch_name(name, epoch)] = epoch_order(
+                dataset,
+                spec.train.seed,
+                epoch,
+                spec.data.shuffle,
+                spec.scaling.cpus_per_data_task,
+            ).materialize()
+    return out
+
+
 def _uri_of(checkpoint: Checkpoint, location: Location) -> str:
     return f"s3://{checkpoint.path}" if location.is_remote else checkpoint.path
-
-
-def verdict(baseline: dict[str, float], finetuned: dict[str, float], main: str) -> dict[str, Any]:
-    delta = finetuned[main] - baseline[main]
-    return {
-        "metric": main,
-        "baseline": baseline[main],
-        "finetuned": finetuned[main],
-        "delta": delta,
-        "improved": delta > 0,
-    }
 
 
 def _check_rows(spec: ExperimentSpec, reports: list[SourceReport]) -> None:

@@ -252,7 +252,11 @@ class DataSpec(_Section):
         default="skip",
         description="skip: drop broken rows and report them; fail: stop before training.",
     )
-    shuffle_buffer: int = Field(default=1024, ge=0, description="Rows in the local shuffle buffer.")
+    shuffle: bool = Field(
+        default=True,
+        description="Train each epoch in a seeded random order of the whole source (a pure "
+        "function of train.seed, the epoch and the rows); false: file order.",
+    )
     bucket_window: int = Field(
         default=0,
         ge=0,
@@ -530,7 +534,7 @@ class StorageSpec(_Section):
 #: baseline, and their metrics stay comparable.
 SEARCHABLE = re.compile(
     r"(loss|lora)(\..+)?|train\.(?!eval_every$).+|scaling\..+|data\.sources\.[^.]+\.weight"
-    r"|data\.shuffle_buffer|data\.bucket_window|model\.attention_dropout"
+    r"|data\.shuffle|data\.bucket_window|model\.attention_dropout"
 )
 
 
@@ -647,7 +651,7 @@ class TuneSpec(_Section):
                 problems.append(
                     f"{where}: not searchable; trials share the model, data files, evaluation "
                     "and storage. Search loss.*, lora.*, train.* (not eval_every), scaling.*, "
-                    "data.sources.<name>.weight, data.shuffle_buffer, data.bucket_window, "
+                    "data.sources.<name>.weight, data.shuffle, data.bucket_window, "
                     "model.attention_dropout"
                 )
             name = path.split(".")[2] if path.startswith("data.sources.") else None

@@ -32,6 +32,7 @@ from transformers import get_scheduler
 from orchestrator.checkpoints import META_FILE, STATE_FILE
 from orchestrator.data.buckets import bucketed, token_counts
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
+from orchestrator.data.order import epoch_name
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
 from orchestrator.estimate import negatives_per_query
 from orchestrator.losses import build_loss
@@ -102,30 +103,30 @@ def build_optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim
     return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)
 
 
-def rank_batches(shard, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
-    """This rank's slice of each global batch of one source, for one epoch.
+def rank_batches(epoch_rows, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
+    """This rank's slice of each global batch of one source's epoch (a Ray Data iterator).
 
-    Every rank reads the whole (materialized) source in the same order with the same shuffle
-    seed and keeps rows ``[rank*b, (rank+1)*b)`` of each global batch. Ray Data's
-    ``streaming_split`` hands blocks to whichever rank asks first, so after a restart ranks
-    would see different rows and "skip the batches already consumed" would skip other pairs.
-    Reading everything on every rank costs reading bytes, not training time, and makes each
-    global step's pairs a pure function of (source, epoch, batch index).
+    Every rank reads the whole source in the epoch's order (a pure function of the seed, the
+    epoch and the rows: :mod:`orchestrator.data.order`) and keeps rows ``[rank*b, (rank+1)*b)``
+    of each global batch. Ray Data's ``streaming_split`` hands blocks to whichever rank asks
+    first, so after a restart ranks would see different rows and "skip the batches already
+    consumed" would skip other pairs. Reading everything on every rank costs reading bytes, not
+    training time, and makes each global step's pairs a pure function of (source, epoch, batch
+    index).
     """
-    global_batch, local = spec.train.batch_size, spec.per_worker_batch_size
-    buffer = spec.data.shuffle_buffer
-    batches = shard.iter_batches(
-        batch_size=global_batch,
-        batch_format="numpy",
-        drop_last=True,
-        local_shuffle_buffer_size=buffer or None,
-        local_shuffle_seed=(spec.train.seed + epoch) if buffer else None,
-        prefetch_batches=2,
+    local = spec.per_worker_batch_size
+    batches = epoch_rows.iter_batches(
+        batch_size=spec.train.batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2
     )
     if spec.data.bucket_window > 1:  # before slicing: every rank regroups the same way
         batches = bucketed(batches, spec.data.bucket_window, [spec.train.seed, epoch])
     for rows in batches:
         yield {k: v[rank * local : (rank + 1) * local] for k, v in rows.items()}
+
+
+def _epoch_batches(spec: ExperimentSpec, source: str, rank: int, epoch: int) -> Iterator[dict]:
+    shard = ray.train.get_dataset_shard(epoch_name(source, epoch))
+    return rank_batches(shard, spec, rank, epoch)
 
 
 def chain_digest(digest: str, rows: dict[str, np.ndarray]) -> str:
@@ -228,7 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     streams = {
         name: SourceStream(
             name,
-            partial(rank_batches, ray.train.get_dataset_shard(name), spec, rank),
+            partial(_epoch_batches, spec, name, rank),
             positions[name],
         )
         for name in spec.data.sources

@@ -299,7 +299,7 @@ def tune(
     baseline = evaluate_baseline(base, model_path)  # after the search: trials start sooner
 
     rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
-    table = write_report(location, base, rows, baseline)
+    table = write_report(location, base, rows, baseline.metrics)
     ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
     out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
     if ended < expected and not out_of_time:
@@ -315,7 +315,7 @@ def tune(
         "name": base.name,
         "metric": base.tune.metric,
         "mode": base.tune.mode,
-        "baseline": baseline,
+        "baseline": baseline.metrics,
         "trials": [row.as_dict() for row in rows],
         "best": best_row.as_dict() if best_row else None,
         "best_run_uri": best.run_uri if best else None,

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
+from orchestrator.data.order import ROW_ID, row_ids
 from orchestrator.errors import BadRowsError
 from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 from orchestrator.storage import Location, arrow_filesystem, expand_remote
@@ -122,7 +124,7 @@ class PairFileDatasource(FileBasedDatasource):
         self._format = source.format
         self._mapping = canonical_columns(source.columns)
         self._delimiter = getattr(source, "delimiter", ",")
-        self._scheme = "s3://" if source.path.startswith("s3://") else ""  # for reports
+        self.scheme = "s3://" if source.path.startswith("s3://") else ""  # for reports
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         rows: dict[str, list] = {c: [] for c in [*self._mapping, FILE, LINE, PROBLEM]}
@@ -131,7 +133,7 @@ class PairFileDatasource(FileBasedDatasource):
             row, problem = (None, problem) if problem else converted(record, self._mapping)
             for canonical in self._mapping:
                 rows[canonical].append(row[canonical] if row else None)
-            rows[FILE].append(self._scheme + path)
+            rows[FILE].append(self.scheme + path)
             rows[LINE].append(number)
             rows[PROBLEM].append(problem)
             if len(rows[FILE]) >= BLOCK_ROWS:
@@ -146,8 +148,12 @@ def _table(rows: dict[str, list]) -> pa.Table:
     return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in rows.items()})
 
 
-def _good_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch[PROBLEM])).drop_columns([FILE, LINE, PROBLEM])
+def _good_rows(batch: pa.Table, files: dict[str, int]) -> pa.Table:
+    """Usable rows, each with its stable identity (:data:`~orchestrator.data.order.ROW_ID`)."""
+    good = batch.filter(pc.is_null(batch[PROBLEM]))
+    file_index = np.array([files[f] for f in good[FILE].to_pylist()], dtype=np.uint64)
+    ids = row_ids(file_index, good[LINE].to_numpy())
+    return good.drop_columns([FILE, LINE, PROBLEM]).append_column(ROW_ID, pa.array(ids))
 
 
 def _bad_rows(batch: pa.Table) -> pa.Table:
@@ -218,17 +224,22 @@ def read_source(
         paths, filesystem = resolve_paths(source.path), None
     datasource = PairFileDatasource(paths, source, filesystem=filesystem)
     read = ray.data.read_datasource(datasource, num_cpus=num_cpus)
-    files = len(read.input_files())  # known before materializing only
+    inputs = sorted(read.input_files())  # known before materializing only
     tagged = read.materialize()
     bad = tagged.map_batches(_bad_rows, batch_format="pyarrow", num_cpus=num_cpus).materialize()
-    clean = tagged.map_batches(_good_rows, batch_format="pyarrow", num_cpus=num_cpus)
+    clean = tagged.map_batches(
+        _good_rows,
+        batch_format="pyarrow",
+        fn_kwargs={"files": {datasource.scheme + f: i for i, f in enumerate(inputs)}},
+        num_cpus=num_cpus,
+    )
     bad_rows = bad.count()
     rows = tagged.count() - bad_rows
     if source.max_rows:
         clean, rows = clean.limit(source.max_rows), min(rows, source.max_rows)
     report = SourceReport(
         name=name,
-        files=files,
+        files=len(inputs),
         rows=rows,
         bad_rows=bad_rows,
         examples=sorted(bad.take(1000), key=lambda e: (e[FILE], e[LINE]))[:REPORTED_EXAMPLES],
