@@ -13,24 +13,19 @@ from orchestrator.spec import SpecError
 
 def _print_result(result) -> None:
     from orchestrator.export import comparison_table
+    from orchestrator.verdict import headline
 
     s = result.summary
-    v = s["verdict"]
     print(
         f"\nrun {s['run_id']}: {s['steps']} steps, {s['pairs_seen']} pairs, "
         f"{s['negatives_per_query']} negatives/query, {s['timings_s']['total']:.0f}s"
     )
     print(comparison_table(s))
-    if v["improved"]:
-        print(
-            f"\nfine-tuning helped: {v['metric']} {v['baseline']:.4f} -> {v['finetuned']:.4f} "
-            f"({v['delta']:+.4f})"
-        )
-    else:
-        print(
-            f"\nWARNING: fine-tuning made the model WORSE: {v['metric']} {v['baseline']:.4f} -> "
-            f"{v['finetuned']:.4f} ({v['delta']:+.4f}). Keep the base model."
-        )
+    if merge := s.get("merge"):
+        alpha, split = merge["chosen"], merge["split"]
+        print(f"merged: {alpha} x the fine-tuned weights' change (alpha chosen on {split})")
+    tone, sentence = headline(s)
+    print(("\n" if tone == "good" else "\nWARNING: ") + sentence)
     print(f"model:   {result.model_uri}\nsummary: {result.run_uri}/summary.json")
 
 

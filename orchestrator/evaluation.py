@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import (
@@ -27,12 +27,13 @@ from sklearn.metrics import roc_auc_score
 
 from orchestrator.data.sources import canonical_columns, converted, parse_records
 from orchestrator.errors import BadRowsError
-from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
+from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE, RetrievalEvalSpec
+from orchestrator.verdict import Evaluation
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from orchestrator.spec import EvalSet, ExperimentSpec, RetrievalEvalSpec
+    from orchestrator.spec import EvalSet, ExperimentSpec
 
 log = logging.getLogger("orchestrator")
 
@@ -247,3 +248,41 @@ def evaluate_per_query(
             if metric in held_out.metrics:
                 metrics[f"{name}/{metric}"] = float(value)
     return metrics, per_query
+
+
+Split = Literal["test", "validation"]
+
+
+def in_domain_spec(spec: ExperimentSpec, split: Split) -> ExperimentSpec:
+    """The spec whose ``data.eval`` is the in-domain retrieval set of ``split``.
+
+    ``validation`` falls back to the test set when the spec has no ``data.validation``.
+    """
+    if split == "validation" and spec.data.validation is not None:
+        data = spec.data.model_copy(update={"eval": spec.data.validation})
+        return spec.model_copy(update={"data": data})
+    return spec
+
+
+def guard_spec(spec: ExperimentSpec, split: Split) -> ExperimentSpec | None:
+    """The spec that evaluates the guard set of ``split`` alone (None without a guard)."""
+    guard = spec.eval.guard
+    if guard is None:
+        return None
+    held_out = guard.validation if split == "validation" and guard.validation else guard
+    retrieval = RetrievalEvalSpec(**held_out.local_files(), max_queries=held_out.max_queries)
+    data = spec.data.model_copy(update={"eval": retrieval, "eval_sets": {}})
+    return spec.model_copy(
+        update={"data": data, "eval": spec.eval.model_copy(update={"matryoshka_dims": []})}
+    )
+
+
+def evaluate_split(model: SentenceTransformer, spec: ExperimentSpec, split: Split) -> Evaluation:
+    """Every held-out figure of one split: in-domain, and the guard's as ``<guard>/<metric>``."""
+    metrics, per_query = evaluate_per_query(model, in_domain_spec(spec, split))
+    if guarded := guard_spec(spec, split):
+        prefix = f"{spec.eval.guard.name}/"
+        guard_metrics, guard_per_query = evaluate_per_query(model, guarded)
+        metrics.update({prefix + k: v for k, v in guard_metrics.items()})
+        per_query.update({prefix + k: v for k, v in guard_per_query.items()})
+    return Evaluation(metrics, per_query)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.spec import ExperimentSpec
+from orchestrator.verdict import headline
 
 
 def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir: str) -> str:
@@ -95,13 +96,7 @@ def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: dict[str, A
     (model_dir / "metrics.json").write_text(
         json.dumps({k: summary[k] for k in ("baseline", "finetuned", "verdict")}, indent=2)
     )
-    verdict = summary["verdict"]
-    outcome = (
-        f"improved {verdict['metric']} by {verdict['delta']:+.4f}"
-        if verdict["improved"]
-        else f"**did not improve** {verdict['metric']} ({verdict['delta']:+.4f}): "
-        "prefer the base model"
-    )
+    _, outcome = headline(summary)
     training = "\n".join(_training_lines(spec, summary))
     card = f"""---
 library_name: sentence-transformers
@@ -113,7 +108,8 @@ tags: [sentence-transformers, sentence-similarity, embedding-orchestrator]
 # {spec.name}
 
 Fine-tuned from `{spec.model.base}` by embedding-orchestrator (run `{summary["run_id"]}`).
-Fine-tuning {outcome} on the held-out set.
+{outcome} (held-out test set; the interval is a paired bootstrap 95 % interval over its
+queries).
 
 ## Training
 Data sources (each global batch is drawn from one source, chosen by weight):

@@ -99,8 +99,8 @@ def stage(
     raw = spec.model_dump(mode="json")
     for name, source in raw["data"]["sources"].items():
         source["path"] = _ship(source["path"], folder, f"inputs/sources/{name}")
-    for where, path in spec.data.eval_files().items():
-        *section, key = where.split(".")  # e.g. data.eval.corpus, data.eval_sets.sts.path
+    for where, path in spec.held_out_files().items():
+        *section, key = where.split(".")  # data.eval.corpus, eval.guard.validation.qrels
         node = raw
         for part in section:
             node = node[part]

@@ -121,3 +121,15 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def interpolated(
+    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """θ_base + alpha·(θ_tuned - θ_base) for every floating-point tensor (WiSE-FT)."""
+    if base.keys() != tuned.keys():
+        raise ValueError("base and fine-tuned weights have different tensors; cannot merge")
+    return {
+        name: base[name] + alpha * (value - base[name]) if value.is_floating_point() else value
+        for name, value in tuned.items()
+    }

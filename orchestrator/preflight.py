@@ -49,7 +49,7 @@ def preflight(spec: ExperimentSpec) -> list[str]:
             problems.append(
                 f"data.sources.{name}.path: {source.path} does not exist ({_PREPARE_HINT})"
             )
-    for where, path in spec.data.eval_files().items():
+    for where, path in spec.held_out_files().items():
         if not _exists(path):
             problems.append(f"{where}: {path} does not exist ({_PREPARE_HINT})")
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.export import HEADLINE, compared
 from orchestrator.plots import new_axes, to_png
 from orchestrator.telemetry import EVAL_PREFIX
+from orchestrator.verdict import headline
 
 if TYPE_CHECKING:
     pass
@@ -57,7 +58,7 @@ def render_html(history: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 </head>
 <body>
 <h1>{name} <small>run {run_id}</small></h1>
-{_verdict_html(summary["verdict"])}
+{_verdict_html(summary)}
 <h2>Held-out evaluation: base vs fine-tuned</h2>
 {_comparison_html(summary)}
 <h2>Training</h2>
@@ -116,22 +117,9 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _verdict_sentence(verdict: dict[str, Any]) -> tuple[str, str]:
-    """(CSS class, sentence): the outcome in words, since a Δ sign is easy to misread."""
-    change = (
-        f"{verdict['metric']} {verdict['baseline']:.4f} → {verdict['finetuned']:.4f} "
-        f"(Δ {verdict['delta']:+.4f})"
-    )
-    if verdict["improved"]:
-        return "good", f"Fine-tuning helped: {change}."
-    if verdict["delta"] < 0:
-        return "bad", f"Fine-tuning made it WORSE: {change}. Prefer the base model."
-    return "same", f"Fine-tuning made no difference: {change}. Prefer the base model."
-
-
-def _verdict_html(verdict: dict[str, Any]) -> str:
-    css, sentence = _verdict_sentence(verdict)
-    return f'<p class="verdict {css}">{_e(sentence)}</p>'
+def _verdict_html(summary: dict[str, Any]) -> str:
+    tone, sentence = headline(summary)
+    return f'<p class="verdict {tone}">{_e(sentence)}</p>'
 
 
 def _delta_class(delta: float) -> str:

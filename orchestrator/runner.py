@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from orchestrator.storage import (
     write_bytes,
     write_text,
 )
-from orchestrator.verdict import Evaluation, verdict
+from orchestrator.verdict import Evaluation
 
 log = logging.getLogger("orchestrator")
 REPORT_FILE = "report.html"
@@ -109,22 +108,11 @@ def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -
     )
 
 
-def _evaluate_here(spec_json: dict, model_path: str) -> Evaluation:
-    """One model's metrics and per-query values, in this process."""
-    import torch
-
-    from orchestrator.evaluation import evaluate_per_query
-    from orchestrator.modeling import load_encoder
-
-    spec = ExperimentSpec.model_validate(spec_json)
-    torch.set_num_threads(max(1, math.ceil(spec.scaling.cpus_per_worker)))
-    device = "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    return Evaluation(*evaluate_per_query(load_encoder(model_path, spec.model, device), spec))
-
-
 @ray.remote
 def _evaluate_task(spec_json: dict, model_path: str) -> Evaluation:
-    return _evaluate_here(spec_json, model_path)
+    from orchestrator.finalize import evaluate_model
+
+    return evaluate_model(ExperimentSpec.model_validate(spec_json), model_path)
 
 
 @ray.remote
@@ -132,41 +120,19 @@ def _export_task(
     spec_json: dict,
     model_path: str,
     checkpoint: Checkpoint,
-    target: Location,
+    run: Location,
     summary: dict,
     baseline: Evaluation | None,
 ) -> dict[str, Any]:
-    """Evaluate the base model (unless ``baseline`` is known), export, evaluate the exported
-    folder, judge the difference, write the card, publish with a manifest last.
+    """:func:`orchestrator.finalize.finalize` in a task with a training worker's resources.
 
-    One task, so the folder that is evaluated is the one that is published, and both models
-    are judged one after the other by the same code on the same node. The base model is
-    evaluated here, after training, rather than before it: the first step comes that much
-    sooner (bench/RESULTS.md) and a run's wall time is the same.
+    The base model is evaluated there, after training, rather than before it: the first step
+    comes that much sooner (bench/RESULTS.md) and a run's wall time is the same.
     """
-    import tempfile
-
-    from orchestrator.export import export_model, write_model_card
-    from orchestrator.storage import publish
+    from orchestrator.finalize import finalize
 
     spec = ExperimentSpec.model_validate(spec_json)
-    timings = {}
-    if baseline is None:
-        started = time.time()
-        baseline = _evaluate_here(spec_json, model_path)
-        timings["baseline_eval"] = time.time() - started
-    started = time.time()
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "model" if target.is_remote else target.path
-        export_model(spec, model_path, checkpoint, str(out))
-        finetuned = _evaluate_here(spec_json, str(out))
-        summary = {**summary, "baseline": baseline.metrics, "finetuned": finetuned.metrics}
-        summary["verdict"] = verdict(spec.eval.main_metric, baseline, finetuned)
-        write_model_card(out, spec, summary)
-        metrics = {k: summary[k] for k in ("baseline", "finetuned")}
-        publish(out, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
-    timings["export_and_eval"] = time.time() - started
-    return {k: summary[k] for k in ("baseline", "finetuned", "verdict")} | {"timings": timings}
+    return finalize(spec, model_path, checkpoint, run, summary, baseline)
 
 
 def _remote_options(spec: ExperimentSpec) -> dict[str, float]:
@@ -292,7 +258,6 @@ def finish(
         "name": spec.name,
         "spec_hash": spec.hash(),
         "base_model": spec.model.base,
-        "model_uri": location.join("model").uri,
         "steps": metrics.get("step"),
         "resumed_from_step": resumed_from_step,
         "restores": metrics.get("restores", 0),
@@ -311,8 +276,7 @@ def finish(
     }
     task = _export_task.options(**_remote_options(spec))
     spec_json = spec.model_dump(mode="json")
-    target = location.join("model")
-    outcome = ray.get(task.remote(spec_json, model_path, checkpoint, target, summary, baseline))
+    outcome = ray.get(task.remote(spec_json, model_path, checkpoint, location, summary, baseline))
     timings = {**timings, **outcome.pop("timings")}
     summary.update(outcome)
     if baseline is None:

@@ -241,7 +241,15 @@ _FORMAT_COLUMNS = {
 class DataSpec(_Section):
     sources: dict[str, Source] = Field(min_length=1)
     eval: RetrievalEvalSpec | None = Field(
-        default=None, description="The held-out retrieval set; its metrics are ndcg@10, ..."
+        default=None,
+        description="The held-out test retrieval set: every reported figure (verdict, card, "
+        "tables); its metrics are ndcg@10, ...",
+    )
+    validation: RetrievalEvalSpec | None = Field(
+        default=None,
+        description="A second held-out retrieval set for every choice a run makes: "
+        "evaluations during training (a search's metric) and the merge weight. None: those "
+        "use data.eval, and choices are then judged on the figures they were chosen on.",
     )
     eval_sets: dict[str, EvalSet] = Field(
         default_factory=dict,
@@ -285,6 +293,8 @@ class DataSpec(_Section):
     def eval_files(self) -> dict[str, str]:
         """Dotted field path → local path of every held-out file."""
         named = {"data.eval": self.eval} if self.eval else {}
+        if self.validation:
+            named["data.validation"] = self.validation
         named.update({f"data.eval_sets.{k}": v for k, v in self.eval_sets.items()})
         return {
             f"{where}.{key}": path
@@ -474,6 +484,66 @@ METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy
 SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+)")
 
 
+#: A retrieval metric the guard may compare: ``ndcg@10``, ``recall@5``, ``map@100``.
+GUARD_METRIC = re.compile(r"(?:(?:ndcg|mrr|recall|precision|accuracy)@\d+|map@100)")
+
+
+class GuardSpec(RetrievalEvalSpec):
+    """A general-domain retrieval set the run never trains on: did it cost general ability?
+
+    Base and fine-tuned are compared on it like on ``data.eval``; a fine-tuned model that
+    scores more than ``max_drop`` below its base there has forgotten, and is not published as
+    the run's model (unless ``eval.accept_forgetting``). Its metrics are ``<name>/<metric>``.
+    """
+
+    name: str = Field(default="guard", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    metric: str = Field(default="ndcg@10", description="The retrieval metric compared.")
+    max_drop: float = Field(
+        default=0.005, ge=0.0, le=1.0, description="Largest tolerated drop below the base."
+    )
+    validation: RetrievalEvalSpec | None = Field(
+        default=None, description="The guard's validation split (for the merge weight)."
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _retrieval_metric(cls, metric: str) -> str:
+        if not GUARD_METRIC.fullmatch(metric):
+            raise ValueError(f"{metric!r} is not a retrieval metric like 'ndcg@10' or 'map@100'")
+        return metric
+
+    @property
+    def metric_key(self) -> str:
+        return f"{self.name}/{self.metric}"
+
+    def local_files(self) -> dict[str, str]:
+        files = super().local_files()
+        if self.validation:
+            files.update({f"validation.{k}": v for k, v in self.validation.local_files().items()})
+        return files
+
+
+class MergeSpec(_Section):
+    """Weight-space interpolation of base and fine-tuned (WiSE-FT, Wortsman et al. 2022).
+
+    θ = θ_base + alpha·(θ_tuned - θ_base), for full fine-tuning and (merged) LoRA alike. Each
+    alpha is evaluated on the validation sets, in-domain and guard; the chosen one has
+    the best in-domain figure among those that keep the guard within ``eval.guard.max_drop``
+    (the smallest guard drop if none does). Only the chosen model is exported.
+    """
+
+    alphas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        min_length=1, description="Weights of the fine-tuned model to try (1 = no merge)."
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _distinct(cls, alphas: list[float]) -> list[float]:
+        if len(set(alphas)) != len(alphas):
+            raise ValueError("alphas must not repeat")
+        return sorted(alphas)
+
+
 class EvalSpec(_Section):
     batch_size: PositiveInt = 64
     k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10], min_length=1)
@@ -482,6 +552,13 @@ class EvalSpec(_Section):
         default_factory=list,
         description="Also evaluate embeddings truncated to these dims; their metrics are "
         "named dim<d>/<metric>, e.g. dim64/ndcg@10.",
+    )
+    guard: GuardSpec | None = Field(
+        default=None, description="General-domain set that catches forgetting (see GuardSpec)."
+    )
+    accept_forgetting: bool = Field(
+        default=False,
+        description="Publish the model as the run's model even when the guard says it forgot.",
     )
 
 
@@ -690,6 +767,7 @@ class ExperimentSpec(_Section):
     data: DataSpec
     loss: Loss
     lora: LoraSpec | None = None
+    merge: MergeSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -721,6 +799,18 @@ class ExperimentSpec(_Section):
             problems.append(f"testing.kill_rank: no rank {chaos.kill_rank} among the workers")
         if chaos and self.scaling.max_failures == 0:
             problems.append("testing: a killed worker needs scaling.max_failures >= 1 to recover")
+        guard = self.eval.guard
+        if guard and (guard.name in self.data.eval_sets or re.fullmatch(r"dim\d+", guard.name)):
+            problems.append(
+                f"eval.guard.name: {guard.name!r} is taken (data.eval_sets or dim<N>): "
+                "metric names would collide"
+            )
+        if self.merge and not (guard and self.data.eval):
+            problems.append(
+                "merge: choosing the weight needs data.eval (in-domain) and eval.guard "
+                "(general domain); add data.validation and eval.guard.validation to choose on "
+                "validation splits"
+            )
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             problems.append("train.precision: fp16 needs GPUs (scaling.gpus_per_worker > 0)")
         problems = [p for p in problems if p]
@@ -752,6 +842,13 @@ class ExperimentSpec(_Section):
     @property
     def per_worker_batch_size(self) -> int:
         return self.train.batch_size // self.scaling.num_workers
+
+    def held_out_files(self) -> dict[str, str]:
+        """Dotted field path → local path of every held-out file, the guard's included."""
+        files = self.data.eval_files()
+        if self.eval.guard:
+            files.update({f"eval.guard.{k}": v for k, v in self.eval.guard.local_files().items()})
+        return files
 
     def hash(self, include_tune: bool = False) -> str:
         """Stable content hash: equal specs (after defaults) give equal run ids.

@@ -88,6 +88,15 @@ def verdict(metric: str, base: Evaluation, tuned: Evaluation) -> dict[str, Any]:
     }
 
 
+def guard_verdict(key: str, max_drop: float, base: Evaluation, tuned: Evaluation) -> dict[str, Any]:
+    """Did the model forget? The guard metric's change, its interval, and ``forgot``.
+
+    ``forgot`` when the fine-tuned figure is more than ``max_drop`` below the base's.
+    """
+    judged = verdict(key, base, tuned)
+    return {**judged, "max_drop": max_drop, "forgot": judged["delta"] < -max_drop}
+
+
 def describe(verdict: dict[str, Any]) -> str:
     """One line in words: "improved: ndcg@10 0.8281 -> 0.8501, +0.0220 [+0.0150, +0.0290]"."""
     interval = verdict.get("interval")
@@ -97,3 +106,35 @@ def describe(verdict: dict[str, Any]) -> str:
         f"{outcome}: {verdict['metric']} {verdict['baseline']:.4f} -> {verdict['finetuned']:.4f}, "
         f"{verdict['delta']:+.4f}{noise}"
     )
+
+
+def describe_guard(guard: dict[str, Any]) -> str:
+    """One line: "general ability kept: nq/ndcg@10 ... (tolerated drop 0.005)" or forgot."""
+    state = "FORGOT general ability" if guard["forgot"] else "general ability kept"
+    interval = guard.get("interval")
+    noise = f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
+    return (
+        f"{state}: {guard['metric']} {guard['baseline']:.4f} -> {guard['finetuned']:.4f}, "
+        f"{guard['delta']:+.4f}{noise} (tolerated drop {guard['max_drop']})"
+    )
+
+
+def headline(summary: dict[str, Any]) -> tuple[str, str]:
+    """(tone, sentence) of a finished run for people: good, same or bad, and why.
+
+    "helped" only when the interval excludes 0 *and* the guard (if any) kept general ability.
+    """
+    judged = summary["verdict"]
+    guard = judged.get("guard")
+    sentence = describe(judged)
+    if guard:
+        sentence += "; " + describe_guard(guard)
+    if guard and guard["forgot"]:
+        where = "kept beside as model.rejected/" if summary.get("rejected") else "published"
+        return "bad", f"Fine-tuning cost general ability ({where}): {sentence}"
+    outcome = judged.get("outcome") or ("improved" if judged["improved"] else "worse")
+    if outcome == "improved":
+        return "good", f"Fine-tuning helped: {sentence}"
+    if outcome == "worse":
+        return "bad", f"Fine-tuning made it WORSE: {sentence}. Keep the base model."
+    return "same", f"No measurable change: {sentence}. Keep the base model."

@@ -1,4 +1,4 @@
-"""Real corpora that install offline: SQuAD, four SQuADShifts domains and VitaminC.
+"""Real corpora that install offline: SQuAD, four SQuADShifts domains, VitaminC, and NQ.
 
 BIG-bench's source distribution on PyPI carries these files. We download it once with pip
 (never install it), extract only the files we need, and write for each dataset:
@@ -6,9 +6,14 @@ BIG-bench's source distribution on PyPI carries these files. We download it once
 - ``<home>/<name>/train.jsonl``: training rows ``anchor``, ``positive``, ``negative``: for
   SQuAD-style sets another paragraph of the same article, for VitaminC the refuting evidence
   for the same claim: natural hard negatives;
-- ``<home>/<name>/eval/``: a held-out retrieval set in BEIR layout (``corpus.jsonl``,
+- ``<home>/<name>/eval/``: the held-out *test* set in BEIR layout (``corpus.jsonl``,
   ``queries.jsonl``, ``qrels.tsv``), plus ``triplets.jsonl`` and labeled ``pairs.jsonl`` where
-  the data has negatives (VitaminC, which also gets labeled training pairs).
+  the data has negatives (VitaminC, which also gets labeled training pairs);
+- ``<home>/<name>/validation/``: a second held-out retrieval set of other articles, for every
+  choice a run makes (evaluations during training, a search's metric, the merge weight), so
+  that the test figures are never the ones something was selected on;
+- ``<home>/nq/``: Natural Questions, only held-out sets: the general-domain *guard* that tells
+  whether fine-tuning cost the model the ability it had (never trained on).
 
 The split is by article (SQuAD, New Wiki, NYT, Amazon), by page (VitaminC) or by paragraph
 (Reddit, one "article"): a question whose paragraph was trained on would leak its answer.
@@ -19,11 +24,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +37,9 @@ from orchestrator.assets import data_home, pip_download
 
 BIGBENCH = "bigbench==1.0.0"
 TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-PREPARE_VERSION = 3
-HELD_OUT_FRACTION = 0.15
+PREPARE_VERSION = 4
+HELD_OUT_FRACTION = 0.15  # test
+VALIDATION_FRACTION = 0.10
 MIN_GROUPS = 20  # fewer articles than this: hold out paragraphs instead
 SEED = 13
 
@@ -41,7 +48,7 @@ SEED = 13
 class Dataset:
     name: str
     member: str  # file inside the BIG-bench sdist, relative to TASKS
-    kind: str  # "squad" or "vitaminc"
+    kind: str  # "squad", "vitaminc" or "nq"
     license: str
 
 
@@ -54,6 +61,14 @@ DATASETS = {
         Dataset("reddit", "squad_shifts/reddit_v1.0.json", "squad", "CC BY-SA 4.0"),
         Dataset("amazon", "squad_shifts/amazon_reviews_v1.0.json", "squad", "CC BY-SA 4.0"),
         Dataset("vitaminc", "vitaminc_fact_verification/task.json", "vitaminc", "CC BY-SA 3.0"),
+        # Natural Questions' real search queries and Wikipedia passages, from BIG-bench's
+        # knowledge-conflict task (Longpre et al. 2021), with the substituted answers restored.
+        Dataset(
+            "nq",
+            "contextual_parametric_knowledge_conflicts/task.json",
+            "nq",
+            "CC BY-SA 3.0 (Natural Questions); task Apache-2.0 (BIG-bench)",
+        ),
     )
 }
 
@@ -90,9 +105,18 @@ def bigbench_files(members: list[str]) -> dict[str, Path]:
 
 
 def held_out_groups(groups: Iterable[str], seed: int = SEED) -> set[str]:
+    """The test groups (articles, pages or paragraphs)."""
     ordered = sorted(set(groups))
     count = max(1, round(HELD_OUT_FRACTION * len(ordered)))
     return set(random.Random(seed).sample(ordered, count))
+
+
+def validation_groups(groups: Iterable[str], test: set[str], seed: int = SEED) -> set[str]:
+    """The validation groups: drawn from those that are not test (the test set is unchanged)."""
+    ordered = sorted(set(groups))
+    rest = [g for g in ordered if g not in test]
+    count = max(1, round(VALIDATION_FRACTION * len(ordered)))
+    return set(random.Random(seed + 1).sample(rest, min(count, len(rest) - 1)))
 
 
 def interleave(groups: dict[str, list[dict]], seed: int = SEED) -> list[dict]:
@@ -135,6 +159,26 @@ def write_retrieval_set(
     (folder / "qrels.tsv").write_text("\n".join(lines) + "\n")
 
 
+@dataclass
+class RetrievalSet:
+    """A held-out retrieval set being collected: one relevant document per query."""
+
+    corpus: dict[str, str] = field(default_factory=dict)
+    queries: dict[str, str] = field(default_factory=dict)
+    qrels: dict[str, str] = field(default_factory=dict)
+
+    def add(self, query_id: str, query: str, doc_id: str, document: str) -> None:
+        self.corpus[doc_id] = document
+        self.queries[query_id] = query
+        self.qrels[query_id] = doc_id
+
+    def write(self, folder: Path) -> None:
+        write_retrieval_set(folder, self.corpus, self.queries, self.qrels)
+
+    def counts(self, split: str = "eval") -> dict[str, int]:
+        return {f"{split}_queries": len(self.queries), f"{split}_corpus": len(self.corpus)}
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -148,24 +192,30 @@ def prepare_squad(source: Path, out: Path) -> dict[str, int]:
     ]
     by_paragraph = len(articles) < MIN_GROUPS
     group_of = {(a, p): f"{a}" + (f"-{p}" if by_paragraph else "") for a, p, _ in paragraphs}
-    held_out = held_out_groups(group_of.values())
+    test = held_out_groups(group_of.values())
+    validation = validation_groups(group_of.values(), test)
+    held_out = {group: RetrievalSet() for group in ("test", "validation")}
 
     train: dict[str, list[dict]] = defaultdict(list)
-    corpus, queries, qrels = {}, {}, {}
     for a, p, paragraph in paragraphs:
         context, doc_id = paragraph["context"].strip(), f"a{a}p{p}"
+        group = group_of[(a, p)]
+        split = "test" if group in test else "validation" if group in validation else None
         for qa in paragraph["qas"]:
             question = qa["question"].strip()
-            if group_of[(a, p)] in held_out:
-                corpus[doc_id] = context
-                queries[qa["id"]] = question
-                qrels[qa["id"]] = doc_id
+            if split:
+                held_out[split].add(qa["id"], question, doc_id, context)
             else:
                 train[doc_id].append({"anchor": question, "positive": context, "article": a})
     _add_same_article_negatives(train)
     rows = write_jsonl(out / "train.jsonl", interleave(train))
-    write_retrieval_set(out / "eval", corpus, queries, qrels)
-    return {"train_rows": rows, "eval_queries": len(queries), "eval_corpus": len(corpus)}
+    held_out["test"].write(out / "eval")
+    held_out["validation"].write(out / "validation")
+    return {
+        "train_rows": rows,
+        **held_out["test"].counts(),
+        **held_out["validation"].counts("validation"),
+    }
 
 
 def _add_same_article_negatives(train: dict[str, list[dict]], seed: int = SEED) -> None:
@@ -245,7 +295,78 @@ def labeled_pairs(triplets: list[dict]) -> Iterable[dict]:
         yield {"anchor": row["anchor"], "evidence": row["negative"], "label": 0}
 
 
-PREPARERS = {"squad": prepare_squad, "vitaminc": prepare_vitaminc}
+#: Natural Questions held-out sets: queries (and the distractor passages of their corpus).
+NQ_TEST, NQ_VALIDATION, NQ_DISTRACTORS_PER_QUERY = 1000, 500, 2
+NQ_MIN_WORDS = 20
+
+
+def _nq_pairs(source: Path) -> list[tuple[str, str]]:
+    """(question, Wikipedia passage) of BIG-bench's knowledge-conflict task, answers restored.
+
+    Each example's passage had its answer entity replaced by another; the original answer is
+    kept in ``target_scores`` with score 0. Where the substitute occurs exactly once, putting
+    the answer back restores the Natural Questions passage exactly; other examples are left
+    out (a repeated substitute may have replaced different spans).
+    """
+    pairs = []
+    for example in json.loads(source.read_text())["examples"]:
+        found = re.match(r"\nQuestion: (.*)\nContext: (.*)$", example["input"], re.S)
+        if not found:
+            continue
+        question, context = (part.strip() for part in found.groups())
+        substitute = example["target"]
+        answer = next(a for a, score in example["target_scores"].items() if score == 0)
+        passage = _detokenize(context.replace(substitute, answer))
+        if context.count(substitute) == 1 and len(passage.split()) >= NQ_MIN_WORDS:
+            pairs.append((question, passage))
+    return pairs
+
+
+def _detokenize(text: str) -> str:
+    """Undo the Penn-Treebank tokenization of NQ's text ("`` a ''", "word ,")."""
+    text = re.sub(r"``\s*|\s*''", '"', text)
+    text = re.sub(r" ([,.;:!?%)\]])", r"\1", text)
+    return re.sub(r"([(\[$]) ", r"\1", text).replace(" 's", "'s").replace(" n't", "n't")
+
+
+def prepare_nq(source: Path, out: Path, seed: int = SEED) -> dict[str, int]:
+    """Natural Questions as a general-domain guard: a test and a validation retrieval set.
+
+    Real search queries over Wikipedia passages that no training source shares: a model that
+    scores lower here than its base lost general ability while fine-tuning. Held out by
+    passage (no passage is relevant in both sets); each corpus holds the relevant passages
+    plus other NQ passages as distractors, disjoint between the sets.
+    """
+    by_passage: dict[str, list[str]] = defaultdict(list)
+    for question, passage in _nq_pairs(source):
+        if question not in by_passage[passage]:
+            by_passage[passage].append(question)
+    passages = sorted(by_passage)
+    random.Random(seed).shuffle(passages)
+    splits = {"test": RetrievalSet(), "validation": RetrievalSet()}
+    wanted = {"test": NQ_TEST, "validation": NQ_VALIDATION}
+    doc_ids = {passage: f"n{i}" for i, passage in enumerate(passages)}
+    rest = []
+    for passage in passages:
+        split = next((s for s in splits if len(splits[s].queries) < wanted[s]), None)
+        if split is None:
+            rest.append(passage)
+            continue
+        for question in by_passage[passage]:
+            splits[split].add(
+                f"q{len(doc_ids) + len(splits[split].queries)}", question, doc_ids[passage], passage
+            )
+    for name, held_out in splits.items():
+        for _ in range(NQ_DISTRACTORS_PER_QUERY * wanted[name]):
+            if rest:
+                passage = rest.pop()
+                held_out.corpus[doc_ids[passage]] = passage
+    splits["test"].write(out / "eval")
+    splits["validation"].write(out / "validation")
+    return {**splits["test"].counts(), **splits["validation"].counts("validation")}
+
+
+PREPARERS = {"squad": prepare_squad, "vitaminc": prepare_vitaminc, "nq": prepare_nq}
 
 
 def prepare(names: list[str] | None = None) -> list[dict[str, Any]]:

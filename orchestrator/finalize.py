@@ -1,0 +1,122 @@
+"""After training: export, merge, judge, publish — the body of the run's export task.
+
+One task, so the folder that is judged is the one that is published, and the base and the
+fine-tuned model are evaluated one after the other by the same code on the same node:
+
+1. the base model on the test split (in-domain and guard), unless the caller knows it;
+2. the checkpoint exported as a plain SentenceTransformer folder (LoRA merged);
+3. with ``merge:``, each alpha of base/fine-tuned interpolation evaluated on the
+   *validation* split, and the chosen one written over the export;
+4. the exported model on the test split; the verdict (Δ with its interval) and the guard's;
+5. the model card, then the folder published with its manifest last — as ``model/``, or as
+   ``model.rejected/`` when the guard says the model forgot (unless the spec accepts that).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator.evaluation import Split, evaluate_split
+from orchestrator.export import export_model, write_model_card
+from orchestrator.modeling import interpolated, load_encoder
+from orchestrator.spec import ExperimentSpec
+from orchestrator.storage import Location, publish
+from orchestrator.verdict import Evaluation, guard_verdict, verdict
+
+log = logging.getLogger("orchestrator")
+REJECTED = "model.rejected"
+
+
+def evaluate_model(spec: ExperimentSpec, model_path: str, split: Split = "test") -> Evaluation:
+    """One saved model on one split, with a training worker's threads and device."""
+    torch.set_num_threads(max(1, math.ceil(spec.scaling.cpus_per_worker)))
+    device = "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    return evaluate_split(load_encoder(model_path, spec.model, device), spec, split)
+
+
+def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> dict[str, Any]:
+    """Evaluate every ``merge.alphas`` on the validation split; write the chosen model.
+
+    The chosen alpha has the best in-domain figure among those whose guard figure is at most
+    ``eval.guard.max_drop`` below the base's; if none is, the one that forgets least.
+    """
+    main, guard = spec.eval.main_metric, spec.eval.guard
+    model = load_encoder(str(tuned_dir), spec.model, "cpu")
+    tuned = {k: v.clone() for k, v in model.state_dict().items()}
+    base = load_encoder(base_path, spec.model, "cpu").state_dict()
+    base_figures = evaluate_split(model_with(model, base), spec, "validation").metrics
+    rows = []
+    for alpha in spec.merge.alphas:
+        figures = evaluate_split(
+            model_with(model, interpolated(base, tuned, alpha)), spec, "validation"
+        )
+        drop = base_figures[guard.metric_key] - figures.metrics[guard.metric_key]
+        rows.append(
+            {
+                "alpha": alpha,
+                main: figures.metrics[main],
+                guard.metric_key: figures.metrics[guard.metric_key],
+                "guard_drop": drop,
+            }
+        )
+        log.info("merge alpha=%.2f: %s %.4f, guard drop %+.4f", alpha, main, rows[-1][main], drop)
+    kept = [r for r in rows if r["guard_drop"] <= guard.max_drop]
+    chosen = max(kept, key=lambda r: r[main]) if kept else min(rows, key=lambda r: r["guard_drop"])
+    if chosen["alpha"] != 1.0:
+        model_with(model, interpolated(base, tuned, chosen["alpha"])).save(str(tuned_dir))
+    split = "validation" if spec.data.validation and guard.validation else "test"
+    return {"split": split, "base": base_figures, "alphas": rows, "chosen": chosen["alpha"]}
+
+
+def model_with(model, state: dict[str, torch.Tensor]):
+    model.load_state_dict(state)
+    return model
+
+
+def finalize(
+    spec: ExperimentSpec,
+    base_path: str,
+    checkpoint: Any,
+    run: Location,
+    summary: dict[str, Any],
+    baseline: Evaluation | None,
+) -> dict[str, Any]:
+    """Steps 1-5 above; returns what the summary gains (figures, verdicts, merge, timings)."""
+    timings = {}
+    if baseline is None:
+        started = time.time()
+        baseline = evaluate_model(spec, base_path)
+        timings["baseline_eval"] = time.time() - started
+    started = time.time()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        export_model(spec, base_path, checkpoint, str(folder))
+        if spec.merge:
+            out["merge"] = choose_alpha(spec, base_path, folder)
+        finetuned = evaluate_model(spec, str(folder))
+        out["baseline"], out["finetuned"] = baseline.metrics, finetuned.metrics
+        out["verdict"] = verdict(spec.eval.main_metric, baseline, finetuned)
+        guard = spec.eval.guard
+        if guard:
+            judged = guard_verdict(guard.metric_key, guard.max_drop, baseline, finetuned)
+            out["verdict"]["guard"] = judged
+            if judged["forgot"]:
+                out["verdict"]["improved"] = False
+        rejected = bool(guard and out["verdict"]["guard"]["forgot"]) and not (
+            spec.eval.accept_forgetting
+        )
+        target = run.join(REJECTED if rejected else "model")
+        out["model_uri"], out["rejected"] = target.uri, rejected
+        write_model_card(folder, spec, {**summary, **out})
+        metrics = {k: out[k] for k in ("baseline", "finetuned")}
+        publish(folder, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
+    timings["export_and_eval"] = time.time() - started
+    return out | {"timings": timings}
