@@ -270,7 +270,8 @@ def guard_spec(spec: ExperimentSpec, split: Split) -> ExperimentSpec | None:
     if guard is None:
         return None
     held_out = guard.validation if split == "validation" and guard.validation else guard
-    retrieval = RetrievalEvalSpec(**held_out.local_files(), max_queries=held_out.max_queries)
+    files = {key: getattr(held_out, key) for key in ("corpus", "queries", "qrels")}
+    retrieval = RetrievalEvalSpec(**files, max_queries=held_out.max_queries)
     data = spec.data.model_copy(update={"eval": retrieval, "eval_sets": {}})
     return spec.model_copy(
         update={"data": data, "eval": spec.eval.model_copy(update={"matryoshka_dims": []})}

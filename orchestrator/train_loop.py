@@ -305,11 +305,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if checkpoint_now:  # collectives: every rank takes part
             metrics["stream_digests"] = _gather(digest, world)
             rng_states = _gather(torch.get_rng_state(), world)
-        if eval_now and rank == 0:
-            from orchestrator.evaluation import evaluate
+        if eval_now and rank == 0:  # on validation: what a search or early choice reads
+            from orchestrator.evaluation import evaluate, in_domain_spec
 
             model.eval()
-            metrics.update({f"eval/{k}": v for k, v in evaluate(model, spec).items()})
+            figures = evaluate(model, in_domain_spec(spec, "validation"))
+            metrics.update({f"eval/{k}": v for k, v in figures.items()})
             model.train()
         save = rng_states if checkpoint_now and rank == 0 else None
         _report(metrics, save, model, optimizer, scheduler, mixed, storage)

@@ -346,16 +346,15 @@ def prepare_nq(source: Path, out: Path, seed: int = SEED) -> dict[str, int]:
     splits = {"test": RetrievalSet(), "validation": RetrievalSet()}
     wanted = {"test": NQ_TEST, "validation": NQ_VALIDATION}
     doc_ids = {passage: f"n{i}" for i, passage in enumerate(passages)}
-    rest = []
+    rest, asked = [], 0
     for passage in passages:
         split = next((s for s in splits if len(splits[s].queries) < wanted[s]), None)
         if split is None:
             rest.append(passage)
             continue
         for question in by_passage[passage]:
-            splits[split].add(
-                f"q{len(doc_ids) + len(splits[split].queries)}", question, doc_ids[passage], passage
-            )
+            splits[split].add(f"q{asked}", question, doc_ids[passage], passage)
+            asked += 1
     for name, held_out in splits.items():
         for _ in range(NQ_DISTRACTORS_PER_QUERY * wanted[name]):
             if rest:

@@ -160,3 +160,39 @@ def test_bad_rows_of_a_set_are_named_and_skipped_or_fatal(named_sets, tmp_path):
     assert len(rows["anchor"]) == len(ROWS)
     with pytest.raises(BadRowsError, match=rf"{path}:13: missing 'wrong' \(negative_1\)"):
         read_eval_set("refutes", spec.data.eval_sets["refutes"], on_bad_rows="fail")
+
+
+# --------------------------------------------------------------------------- per query
+
+
+def test_per_query_values_average_to_the_librarys_figures(tiny_spec, tiny_model):
+    from orchestrator.evaluation import evaluate_per_query
+
+    tiny_spec["eval"] = {"batch_size": 16, "k_values": [1, 3, 10]}
+    spec = load_spec(tiny_spec)
+    metrics, per_query = evaluate_per_query(load_encoder(tiny_model, spec.model), spec)
+    assert set(per_query) >= {"ndcg@10", "mrr@10", "recall@1", "map@100", "accuracy@3"}
+    for name, values in per_query.items():
+        assert len(values) == 24  # one per held-out query
+        assert values.mean() == pytest.approx(metrics[name], abs=1e-9), name
+
+
+def test_the_guard_is_evaluated_on_its_own_and_named(tiny_spec, tiny_model, corpora):
+    from orchestrator.evaluation import evaluate_split
+
+    eval_dir = corpora["eval"]
+    files = {
+        k: str(eval_dir / f)
+        for k, f in [
+            ("corpus", "corpus.jsonl"),
+            ("queries", "queries.jsonl"),
+            ("qrels", "qrels.tsv"),
+        ]
+    }
+    guard = {"name": "general", **files, "max_queries": 10, "validation": files}
+    tiny_spec["eval"] = {"batch_size": 16, "guard": guard}
+    spec = load_spec(tiny_spec)
+    result = evaluate_split(load_encoder(tiny_model, spec.model), spec, "test")
+    assert "general/ndcg@10" in result.metrics and "ndcg@10" in result.metrics
+    assert len(result.per_query["general/ndcg@10"]) == 10
+    assert len(result.per_query["ndcg@10"]) == 24

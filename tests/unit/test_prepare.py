@@ -58,7 +58,8 @@ def paragraph_of(text: str) -> str:
 def squad(tmp_path) -> Path:
     out = tmp_path / "squad"
     counts = prepare_squad(squad_json(tmp_path / "squad.json", articles=30, paragraphs=2), out)
-    assert counts["train_rows"] + counts["eval_queries"] == 30 * 2 * 2
+    held_out = counts["eval_queries"] + counts["validation_queries"]
+    assert counts["train_rows"] + held_out == 30 * 2 * 2
     return out
 
 
@@ -121,6 +122,16 @@ def test_many_articles_are_held_out_whole(squad):
     held = {article_of(d["text"]) for d in read_jsonl(squad / "eval" / "corpus.jsonl")}
     assert held and not train & held
     assert len(held) == round(0.15 * 30)
+
+
+def test_validation_articles_are_neither_test_nor_trained_on(squad):
+    train = {article_of(row["positive"]) for row in read_jsonl(squad / "train.jsonl")}
+    test = {article_of(d["text"]) for d in read_jsonl(squad / "eval" / "corpus.jsonl")}
+    validation = {article_of(d["text"]) for d in read_jsonl(squad / "validation" / "corpus.jsonl")}
+    assert len(validation) == round(0.10 * 30)
+    assert not validation & train and not validation & test
+    queries = {q["_id"] for q in read_jsonl(squad / "validation" / "queries.jsonl")}
+    assert {q for q, _, _ in read_qrels(squad / "validation" / "qrels.tsv")[1:]} == queries
 
 
 def test_few_articles_are_held_out_by_paragraph(tmp_path):
@@ -238,3 +249,57 @@ def test_prepare_rejects_unknown_datasets(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"unknown dataset\(s\) \['nope'\]; known: squad"):
         prepare(["squad", "nope"])
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- Natural Questions
+
+
+def nq_task_json(path: Path, passages: int) -> Path:
+    """BIG-bench knowledge-conflict examples: the answer swapped for another entity."""
+    examples = []
+    for p in range(passages):
+        answer, substitute = f"Answer{p}", f"Other{p}"
+        words = " ".join(f"word{w}" for w in range(25))
+        context = f"Passage {p} says {substitute} did it , `` quoted '' . {words}"
+        for q in range(2):  # two questions about each passage
+            examples.append(
+                {
+                    "input": f"\nQuestion: who did thing {p} {q}\nContext: {context}",
+                    "target": substitute,
+                    "target_scores": {substitute: 1, answer: 0},
+                }
+            )
+    repeated = f"Twice Other{passages} and Other{passages} again {words}"
+    examples.append(
+        {
+            "input": f"\nQuestion: ambiguous\nContext: {repeated}",
+            "target": f"Other{passages}",
+            "target_scores": {f"Other{passages}": 1, "Gold": 0},
+        }
+    )
+    path.write_text(json.dumps({"examples": examples}))
+    return path
+
+
+def test_nq_restores_answers_and_splits_by_passage(tmp_path, monkeypatch):
+    import orchestrator.data.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "NQ_TEST", 40)
+    monkeypatch.setattr(prepare_module, "NQ_VALIDATION", 20)
+    out = tmp_path / "nq"
+    counts = prepare_module.prepare_nq(nq_task_json(tmp_path / "task.json", passages=200), out)
+    assert (counts["eval_queries"], counts["validation_queries"]) == (40, 20)
+    splits = {}
+    for split in ("eval", "validation"):
+        corpus = {d["_id"]: d["text"] for d in read_jsonl(out / split / "corpus.jsonl")}
+        queries = {q["_id"]: q["text"] for q in read_jsonl(out / split / "queries.jsonl")}
+        qrels = {q: d for q, d, _ in read_qrels(out / split / "qrels.tsv")[1:]}
+        assert set(qrels) == set(queries)
+        for query_id, doc_id in qrels.items():
+            number = queries[query_id].split()[3]
+            assert corpus[doc_id].startswith(f'Passage {number} says Answer{number} did it, "')
+        assert not any("Other" in text for text in corpus.values())
+        assert len(corpus) == len(set(qrels.values())) + 2 * len(queries)  # + distractors
+        splits[split] = (set(corpus), set(qrels.values()))
+    assert not splits["eval"][0] & splits["validation"][0], "no passage in both sets"
+    assert not (out / "train.jsonl").exists(), "the guard is never trained on"

@@ -32,6 +32,9 @@ def minimal_raw() -> dict:
     }
 
 
+GUARD = {"corpus": "g/c.jsonl", "queries": "g/q.jsonl", "qrels": "g/r.tsv"}
+
+
 def changed(raw: dict, changes: dict[str, object]) -> dict:
     """A deep copy of ``raw`` with dotted keys set (or deleted with REMOVE)."""
     raw = copy.deepcopy(raw)
@@ -188,6 +191,36 @@ BAD_SPECS = [
         {"loss.temperature": 2}, "loss.temperature", "less than or equal", id="temperature-above-1"
     ),
     pytest.param({"eval.main_metric": "f1"}, "eval.main_metric", "ndcg@10", id="bad-main-metric"),
+    pytest.param(
+        {"eval.guard": {**GUARD, "metric": "roc_auc"}},
+        "eval.guard.metric",
+        "not a retrieval metric",
+        id="guard-metric",
+    ),
+    pytest.param(
+        {
+            "eval.guard": {**GUARD, "name": "sts"},
+            "data.eval_sets.sts": {
+                "kind": "scored_pairs",
+                "path": "s.csv",
+                "columns": {"score": "score"},
+            },
+        },
+        "eval.guard.name",
+        "taken",
+        id="guard-name-collides",
+    ),
+    pytest.param({"merge.alphas": [0.5]}, "merge", "eval.guard", id="merge-without-guard"),
+    pytest.param(
+        {"merge.alphas": [0.5, 0.5], "eval.guard": GUARD}, "merge.alphas", "repeat", id="alphas"
+    ),
+    pytest.param(
+        {"merge.alphas": [0.0], "eval.guard": GUARD},
+        "merge.alphas.0",
+        "greater than 0",
+        id="alpha0",
+    ),
+    pytest.param({"data.shuffle_buffer": 1024}, "data.shuffle_buffer", "unknown", id="old-field"),
 ]
 
 
