@@ -16,9 +16,15 @@ as a markdown row for ``bench/RESULTS.md``:
     .venv/bin/python bench/quality.py experiments/quickstart.yaml [...] [--only ours|plain] \
         [--set data.bucket_window=16 ...]
 
+``--seeds 42 43 44 --alphas 1.0 0.5 0.3`` (ours only) trains once per seed with the spec's
+``merge`` removed and then evaluates each weight-space interpolation alpha of base and
+fine-tuned on the *test* split, in-domain and guard, each with its paired interval; the last
+lines are the mean ± sd over the seeds per alpha (``--seeds-out``, default
+``bench/seeds.jsonl``).
+
 Differences that remain, by design: sentence-transformers samples several sources in
 proportion to their sizes (``multi_dataset_batch_sampler="proportional"``), the spec by its
-weights; and it shuffles whole datasets, the orchestrator streams with a shuffle buffer.
+weights.
 """
 
 from __future__ import annotations
@@ -111,6 +117,65 @@ def ours_run(spec) -> dict[str, Any]:
     }
 
 
+def seeded_runs(spec, seeds: list[int], alphas: list[float], out: Path) -> None:
+    """Per seed: train (no merge), then every alpha on the test split; mean ± sd per alpha."""
+    import numpy as np
+    import torch
+
+    from orchestrator import run
+    from orchestrator.assets import resolve_model
+    from orchestrator.evaluation import evaluate_split
+    from orchestrator.modeling import interpolated, load_encoder
+    from orchestrator.spec import load_spec
+    from orchestrator.verdict import guard_verdict, verdict
+
+    torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+    main, guard = spec.eval.main_metric, spec.eval.guard
+    base_model = load_encoder(resolve_model(spec.model.base), spec.model).eval()
+    base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
+    base = evaluate_split(base_model, spec, "test")
+    rows = []
+    for seed in seeds:
+        raw = spec.model_dump(mode="json", exclude={"merge"})
+        raw["train"]["seed"] = seed
+        result = run(load_spec(raw), fresh=True)
+        tuned_model = load_encoder(str(result.model_dir), spec.model).eval()
+        tuned_state = {k: v.clone() for k, v in tuned_model.state_dict().items()}
+        for alpha in alphas:
+            tuned_model.load_state_dict(interpolated(base_state, tuned_state, alpha))
+            figures = evaluate_split(tuned_model, spec, "test")
+            judged = verdict(main, base, figures)
+            record = {
+                "seed": seed,
+                "alpha": alpha,
+                "verdict": judged,
+                "steps": result.summary["steps"],
+            }
+            if guard:
+                record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
+            rows.append(record)
+            with out.open("a") as f:
+                f.write(json.dumps({"experiment": spec.name, **record}) + "\n")
+            guard_text = f", guard {record['guard']['delta']:+.4f}" if guard else ""
+            low, high = judged["interval"] or (math.nan, math.nan)
+            print(
+                f"seed {seed} alpha {alpha}: {main} {judged['delta']:+.4f} "
+                f"[{low:+.4f}, {high:+.4f}]{guard_text}",
+                flush=True,
+            )
+    print(f"| alpha | {main} Δ (mean ± sd) | every interval > 0 | guard Δ (mean ± sd) |")
+    print("|---:|---:|:---:|---:|")
+    for alpha in alphas:
+        mine = [r for r in rows if r["alpha"] == alpha]
+        deltas = np.array([r["verdict"]["delta"] for r in mine])
+        above = all(r["verdict"]["interval"][0] > 0 for r in mine)
+        guards = np.array([r["guard"]["delta"] for r in mine]) if guard else np.array([np.nan])
+        print(
+            f"| {alpha} | {deltas.mean():+.4f} ± {deltas.std(ddof=1):.4f} | "
+            f"{'yes' if above else 'no'} | {guards.mean():+.4f} ± {guards.std(ddof=1):.4f} |"
+        )
+
+
 def row(experiment: str, runner: str, main: str, base: float, tuned: float, seconds: float):
     return (
         f"| {experiment} | {runner} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} | "
@@ -126,7 +191,16 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="spec override"
     )
+    parser.add_argument("--seeds", type=int, nargs="+", help="train once per seed (ours)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--seeds-out", type=Path, default=Path(__file__).with_name("seeds.jsonl"))
     args = parser.parse_args()
+    if args.seeds:
+        from orchestrator.spec import load_spec
+
+        for path in args.specs:
+            seeded_runs(load_spec(path, args.set), args.seeds, args.alphas, args.seeds_out)
+        return
 
     import platform
 

@@ -22,8 +22,8 @@ def _print_result(result) -> None:
     )
     print(comparison_table(s))
     if merge := s.get("merge"):
-        alpha, split = merge["chosen"], merge["split"]
-        print(f"merged: {alpha} x the fine-tuned weights' change (alpha chosen on {split})")
+        chosen = f" (chosen on {merge['split']})" if merge["split"] else ""
+        print(f"merged: {merge['chosen']} x the fine-tuned weights' change{chosen}")
     tone, sentence = headline(s)
     print(("\n" if tone == "good" else "\nWARNING: ") + sentence)
     print(f"model:   {result.model_uri}\nsummary: {result.run_uri}/summary.json")

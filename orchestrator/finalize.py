@@ -45,12 +45,17 @@ def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> dict[
     """Evaluate every ``merge.alphas`` on the validation split; write the chosen model.
 
     The chosen alpha has the best in-domain figure among those whose guard figure is at most
-    ``eval.guard.max_drop`` below the base's; if none is, the one that forgets least.
+    ``eval.guard.max_drop`` below the base's; if none is, the one that forgets least. A single
+    alpha is applied without evaluating anything.
     """
     main, guard = spec.eval.main_metric, spec.eval.guard
     model = load_encoder(str(tuned_dir), spec.model, "cpu")
     tuned = {k: v.clone() for k, v in model.state_dict().items()}
     base = load_encoder(base_path, spec.model, "cpu").state_dict()
+    if len(spec.merge.alphas) == 1:  # nothing to choose: apply it (bench/quality.py chose it)
+        (alpha,) = spec.merge.alphas
+        model_with(model, interpolated(base, tuned, alpha)).save(str(tuned_dir))
+        return {"split": None, "alphas": [{"alpha": alpha}], "chosen": alpha}
     base_figures = evaluate_split(model_with(model, base), spec, "validation").metrics
     rows = []
     for alpha in spec.merge.alphas:

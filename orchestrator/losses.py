@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from sentence_transformers.sentence_transformer import losses as st_losses
+from sentence_transformers.util import cos_sim
 
 from orchestrator.spec import CachedInfoNCELoss, InfoNCELoss
 
@@ -40,6 +41,50 @@ _PAIR_DISTANCE = {
 }
 
 
+class FalseNegativeMask:
+    """Cosine similarity that drops in-batch candidates whose text is the anchor's positive.
+
+    With several questions per paragraph (SQuAD has about five), one global batch can hold
+    the same paragraph as the positive of two anchors; InfoNCE would then train each anchor
+    to push away its own answer. sentence-transformers' InfoNCE has no such mask; its
+    similarity function is the one place that sees the (local anchors x all candidates)
+    matrix, so the mask is applied there, to matrices of exactly that step's shape. Which
+    candidates are duplicates comes from the passages' token-id fingerprints, gathered
+    across workers like the candidates themselves.
+    """
+
+    def __init__(self, gather: bool) -> None:
+        self.gather = gather
+        self.mask: torch.Tensor | None = None
+        self.masked = 0  # candidates masked in the last step, over this rank's anchors
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        scores = cos_sim(a, b)
+        if self.mask is not None and scores.shape == self.mask.shape:
+            scores = scores.masked_fill(self.mask, float("-inf"))
+        return scores
+
+    def prepare(self, keys: torch.Tensor | None, n_docs: int) -> None:
+        """Build the mask of one step from its passages' fingerprints (``Batch.passage_keys``)."""
+        if keys is None:  # a batch built without fingerprints: nothing to compare
+            self.mask, self.masked = None, 0
+            return
+        local = keys.numel() // n_docs
+        groups = keys.view(n_docs, local)
+        offset = 0
+        if self.gather and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            gathered = [torch.empty_like(groups) for _ in range(world)]
+            torch.distributed.all_gather(gathered, groups)
+            groups = torch.cat(gathered, dim=1)  # per group: every rank's rows in rank order
+            offset = torch.distributed.get_rank() * local
+        candidates = groups.reshape(-1)  # positives of all ranks, then each negative column
+        own = torch.arange(offset, offset + local, device=keys.device)
+        mask = candidates[None, :] == candidates[own][:, None]
+        mask[torch.arange(local, device=keys.device), own] = False
+        self.mask, self.masked = mask, int(mask.sum())
+
+
 class EmbeddingLoss(torch.nn.Module):
     """A library loss plus optional Matryoshka truncation, applied to precomputed embeddings.
 
@@ -58,6 +103,13 @@ class EmbeddingLoss(torch.nn.Module):
         self.inner = inner
         self.dims = list(dims) if dims else [None]
         self.weights = list(weights) if weights else [1.0] * len(self.dims)
+        similarity = getattr(inner, "similarity_fct", None)
+        self.false_negatives = similarity if isinstance(similarity, FalseNegativeMask) else None
+
+    @property
+    def masked(self) -> int:
+        """In-batch candidates masked as false negatives in the last step (this rank)."""
+        return self.false_negatives.masked if self.false_negatives else 0
 
     def forward(
         self, embeddings: list[torch.Tensor], labels: torch.Tensor | None = None
@@ -71,6 +123,8 @@ class EmbeddingLoss(torch.nn.Module):
 
     def step(self, encoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """Embed the step's texts in one forward of ``encoder`` and take the loss."""
+        if self.false_negatives is not None:
+            self.false_negatives.prepare(batch.passage_keys, batch.n_docs)
         queries, passages = encoder([batch.queries, batch.passages])
         return self([queries, *passages.chunk(batch.n_docs)], batch.labels)
 
@@ -89,6 +143,8 @@ class CachedEmbeddingLoss(torch.nn.Module):
         self.cached = cached  # the module that embeds
         self.loss = loss  # ``cached`` itself, or MatryoshkaLoss around it
 
+    masked = 0  # the cached loss embeds mini-batches itself: no false-negative mask
+
     def step(self, encoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
         self.cached.model = encoder
         passages = [
@@ -100,9 +156,10 @@ class CachedEmbeddingLoss(torch.nn.Module):
 
 def _infonce(spec: InfoNCELoss, model: SentenceTransformer, world_size: int) -> torch.nn.Module:
     symmetric = spec.symmetric
+    gather = spec.gather_across_workers and world_size > 1
     options = {
         "scale": 1.0 / spec.temperature,
-        "gather_across_devices": spec.gather_across_workers and world_size > 1,
+        "gather_across_devices": gather,
         "directions": ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",),
         "partition_mode": "per_direction" if symmetric else "joint",
     }
@@ -110,6 +167,8 @@ def _infonce(spec: InfoNCELoss, model: SentenceTransformer, world_size: int) -> 
         return st_losses.CachedMultipleNegativesRankingLoss(
             model, mini_batch_size=spec.mini_batch_size, **options
         )
+    if spec.mask_false_negatives:
+        options["similarity_fct"] = FalseNegativeMask(gather)
     return st_losses.MultipleNegativesRankingLoss(model, **options)
 
 

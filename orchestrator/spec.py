@@ -350,6 +350,11 @@ class InfoNCELoss(_LossBase):
     gather_across_workers: bool = Field(
         default=True, description="Share in-batch negatives across all data-parallel workers."
     )
+    mask_false_negatives: bool = Field(
+        default=True,
+        description="Leave out in-batch candidates whose text is the anchor's own positive "
+        "(another question about the same paragraph): they are not negatives.",
+    )
 
 
 class CachedInfoNCELoss(InfoNCELoss):
@@ -363,6 +368,9 @@ class CachedInfoNCELoss(InfoNCELoss):
     kind: Literal["cached_mnrl", "cached_infonce"]  # type: ignore[assignment]
     mini_batch_size: PositiveInt = Field(
         default=32, description="Texts embedded at once (memory), not the batch (the pool)."
+    )
+    mask_false_negatives: Literal[False] = Field(
+        default=False, description="Not available: the cached loss scores mini-batches itself."
     )
 
 

@@ -85,7 +85,10 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         return {k: v.to(device, non_blocking=True) for k, v in features.items()}
 
     labels = None if batch.labels is None else batch.labels.to(device, non_blocking=True)
-    return batch._replace(queries=move(batch.queries), passages=move(batch.passages), labels=labels)
+    keys = None if batch.passage_keys is None else batch.passage_keys.to(device)
+    return batch._replace(
+        queries=move(batch.queries), passages=move(batch.passages), labels=labels, passage_keys=keys
+    )
 
 
 def build_optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Optimizer:
@@ -243,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     source_steps = dict(meta.get("source_steps", {}))
     pairs_seen = meta.get("pairs_seen", 0)
     running_loss = torch.zeros((), device=device)
-    window_steps, window_tokens, window_padded = 0, 0, 0
+    window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, 0
     window_start, data_wait = time.perf_counter(), 0.0
     hard = 0
     encoder.train()
@@ -259,6 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         data_wait += time.perf_counter() - fetch_start
         hard = batch.n_docs - 1
         loss = loss_fn.step(encoder, batch)
+        window_masked += loss_fn.masked
         scaler.scale(loss).backward()
         if spec.train.max_grad_norm:
             scaler.unscale_(optimizer)
@@ -295,6 +299,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "peak_memory_mib": peak_memory_mib(device),
             "time": time.time(),
             "negatives_per_query": negatives_per_query(spec.loss, local_batch, world, hard),
+            # in-batch candidates left out as the anchor's own positive text, per query
+            "false_negatives_masked": window_masked / (window_steps * local_batch),
             "trainable_params": trainable,
             "total_params": total,
             "source_steps": dict(source_steps),
@@ -315,7 +321,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save = rng_states if checkpoint_now and rank == 0 else None
         _report(metrics, save, model, optimizer, scheduler, mixed, storage)
         running_loss.zero_()
-        window_steps, window_tokens, window_padded = 0, 0, 0
+        window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, 0
         window_start, data_wait = time.perf_counter(), 0.0
 
 

@@ -296,7 +296,7 @@ def labeled_pairs(triplets: list[dict]) -> Iterable[dict]:
 
 
 #: Natural Questions held-out sets: queries (and the distractor passages of their corpus).
-NQ_TEST, NQ_VALIDATION, NQ_DISTRACTORS_PER_QUERY = 1000, 500, 2
+NQ_TEST, NQ_VALIDATION, NQ_DISTRACTORS_PER_QUERY = 1000, 500, 1
 NQ_MIN_WORDS = 20
 
 

@@ -7,6 +7,7 @@ Prompts (``query: ``/``passage: ``) are prefixed here, exactly as the evaluator 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from functools import lru_cache
@@ -156,6 +157,18 @@ class Batch(NamedTuple):
     n_docs: int
     #: Scores (scored pairs) or 0/1 labels (labeled pairs); None for pairs and triplets.
     labels: torch.Tensor | None
+    #: A 64-bit fingerprint of each passage's token ids, in ``passages`` order: equal texts,
+    #: equal keys (for masking in-batch false negatives). None where no loss needs them.
+    passage_keys: torch.Tensor | None = None
+
+
+def text_keys(sequences: list[np.ndarray]) -> np.ndarray:
+    """64-bit fingerprints of token-id sequences (blake2b of their bytes)."""
+    digests = (
+        hashlib.blake2b(np.asarray(s, dtype=np.int32).tobytes(), digest_size=8).digest()
+        for s in sequences
+    )
+    return np.array([int.from_bytes(d, "little", signed=True) for d in digests], dtype=np.int64)
 
 
 def collate(rows: dict[str, np.ndarray], pad_id: int) -> Batch:
@@ -168,4 +181,5 @@ def collate(rows: dict[str, np.ndarray], pad_id: int) -> Batch:
     numbers = next((rows[c] for c in (SCORE, LABEL) if c in rows), None)
     labels = None if numbers is None else torch.as_tensor(np.asarray(numbers, dtype=np.float32))
     queries = pad(list(rows[ANCHOR + IDS_SUFFIX]), pad_id)
-    return Batch(queries, pad(passages, pad_id), len(docs), labels)
+    keys = torch.from_numpy(text_keys(passages))
+    return Batch(queries, pad(passages, pad_id), len(docs), labels, keys)

@@ -349,3 +349,32 @@ def test_cached_infonce_gives_the_gradients_of_one_big_batch(tiny_model, dims):
     assert len(cached_grads) == len(plain_grads) > 0
     for mine, reference in zip(cached_grads, plain_grads, strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- false negatives
+
+
+def test_a_duplicate_positive_is_not_a_negative_of_its_twin(tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    from orchestrator.data.tokenize import text_keys
+
+    model = SentenceTransformer(tiny_model, device="cpu").eval()
+    ids = [torch.tensor(model.tokenizer(t)["input_ids"]) for t in TEXTS]
+    queries, positives = ids[:4], [ids[4], ids[4], ids[1], ids[0]]  # rows 0 and 1 share one
+    keys = torch.from_numpy(text_keys([p.numpy() for p in positives]))
+    batch = Batch(pad(queries, 0), pad(positives, 0), 1, None, keys)
+    loss_fn = build_loss(infonce_spec(), model)
+    loss = loss_fn.step(PairEncoder(model), batch)
+    assert loss_fn.masked == 2  # row 0's twin and row 1's twin
+
+    q = model.encode([TEXTS[i] for i in range(4)], convert_to_tensor=True)
+    p = model.encode([TEXTS[4], TEXTS[4], TEXTS[1], TEXTS[0]], convert_to_tensor=True)
+    scores = 20.0 * cos(q, p)
+    scores[0, 1] = scores[1, 0] = float("-inf")
+    expected = F.cross_entropy(scores, torch.arange(4))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+    unmasked = build_loss(infonce_spec(mask_false_negatives=False), model)
+    assert unmasked.step(PairEncoder(model), batch).item() > loss.item()
+    assert unmasked.masked == 0

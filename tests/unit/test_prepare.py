@@ -299,7 +299,7 @@ def test_nq_restores_answers_and_splits_by_passage(tmp_path, monkeypatch):
             number = queries[query_id].split()[3]
             assert corpus[doc_id].startswith(f'Passage {number} says Answer{number} did it, "')
         assert not any("Other" in text for text in corpus.values())
-        assert len(corpus) == len(set(qrels.values())) + 2 * len(queries)  # + distractors
+        assert len(corpus) == len(set(qrels.values())) + len(queries)  # + distractors
         splits[split] = (set(corpus), set(qrels.values()))
     assert not splits["eval"][0] & splits["validation"][0], "no passage in both sets"
     assert not (out / "train.jsonl").exists(), "the guard is never trained on"

@@ -145,15 +145,15 @@ def improving() -> Page:
 
 def test_improving_run_says_it_helped(improving):
     text = " ".join(improving.text)
-    assert "Fine-tuning helped: ndcg@10 0.4000 → 0.5012 (Δ +0.1012)." in text
+    assert "Fine-tuning helped: improved: ndcg@10 0.4000 -> 0.5012, +0.1012 (no interval)" in text
     assert "WORSE" not in text
 
 
 def test_worsening_run_says_it_made_it_worse():
     page = Page(render_html(make_history(), make_summary(improved=False)))
     text = " ".join(page.text)
-    assert "Fine-tuning made it WORSE: ndcg@10 0.4000 → 0.3750 (Δ -0.0250)." in text
-    assert "Prefer the base model." in text
+    assert "Fine-tuning made it WORSE: worse: ndcg@10 0.4000 -> 0.3750, -0.0250" in text
+    assert "Keep the base model." in text
     assert "helped" not in text
 
 

@@ -191,7 +191,8 @@ def test_collate_pads_queries_to_their_longest_row(tokenized):
 
 def test_collate_stacks_positives_then_negatives(tokenized):
     rows = ids_of(tokenized)
-    _, passages, n_docs, _ = collate(rows, pad_id=0)
+    batch = collate(rows, pad_id=0)
+    passages, n_docs = batch.passages, batch.n_docs
     expected = [*rows["positive__ids"], *rows["negative_1__ids"]]
     lengths = [len(ids) for ids in expected]
     assert n_docs == 2
@@ -220,7 +221,8 @@ def test_collate_orders_negative_10_after_negative_2():
         "negative_2__ids": column(2, 4),
         "positive__ids": column(5, 5),
     }
-    _, passages, n_docs, _ = collate(rows, pad_id=0)
+    batch = collate(rows, pad_id=0)
+    passages, n_docs = batch.passages, batch.n_docs
     assert n_docs == 3
     firsts = passages["input_ids"][:, 0].tolist()
     assert firsts == [5, 5, 2, 2, 10, 10]
