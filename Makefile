@@ -24,7 +24,8 @@ prepare: install
 demo: prepare
 	$(PY) -m orchestrator run $(SPEC)
 
-test: install lint
+# The quality check (tests/quality) fine-tunes the real model on the prepared data.
+test: prepare lint
 	$(PY) -m pytest
 
 lint: install

@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p = _spec_command(sub, "run", "run an experiment on Ray")
     p.add_argument("--resume-from", help="checkpoint folder or s3:// URI to continue from")
     p.add_argument(
+        "--accept-forgetting",
+        action="store_true",
+        help="publish the model as model/ even if the guard set says it forgot "
+        "(= eval.accept_forgetting=true)",
+    )
+    p.add_argument(
         "--fresh", action="store_true", help="delete this spec's earlier run first (no resume)"
     )
     p = _spec_command(sub, "tune", "search the spec's tune.space; continues an interrupted one")
@@ -174,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = orchestrator.validate(args.spec, args.overrides, check_files=not args.no_files)
             print(f"{args.spec}: valid (run id {spec.run_id})")
         elif args.command == "run":
-            _print_result(orchestrator.run(args.spec, args.overrides, args.resume_from, args.fresh))
+            overrides = args.overrides + ["eval.accept_forgetting=true"] * args.accept_forgetting
+            _print_result(orchestrator.run(args.spec, overrides, args.resume_from, args.fresh))
         elif args.command == "tune":
             _print_search(orchestrator.tune(args.spec, args.overrides, args.fresh))
         elif args.command == "submit":

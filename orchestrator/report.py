@@ -156,6 +156,8 @@ def _facts(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("pairs seen", _fmt(summary.get("pairs_seen"))),
         ("negatives per query", _fmt(summary.get("negatives_per_query"))),
     ]
+    if merge := summary.get("merge"):
+        facts.append(("merged", f"alpha {merge['chosen']} of the fine-tuned weights' change"))
     for name, source in (summary.get("sources") or {}).items():
         rows, bad = _fmt(source.get("rows")), _fmt(source.get("bad_rows"))
         facts.append((f"source {name}", f"{rows} rows, {bad} bad rows"))
@@ -188,9 +190,27 @@ def _figures(history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str
     figures = {"training loss": _loss_png(history)}
     for metric in dict.fromkeys((summary["verdict"]["metric"], *HEADLINE)):
         figures[f"held-out {metric} during training"] = _eval_png(history, summary, metric)
+    figures["merge: in-domain vs guard on validation, per alpha"] = _merge_png(summary)
     figures["throughput"] = _throughput_png(history)
     figures["data wait"] = _data_wait_png(history)
     return {title: png for title, png in figures.items() if png is not None}
+
+
+def _merge_png(summary: dict[str, Any]) -> bytes | None:
+    """The trade-off a merge chose from: each alpha's in-domain and guard validation figures."""
+    merge, guard = summary.get("merge") or {}, (summary["verdict"].get("guard") or {})
+    main, key = summary["verdict"]["metric"], guard.get("metric")
+    rows = [r for r in merge.get("alphas", []) if main in r and key in r]
+    if len(rows) < 2:
+        return None
+    figure, axes = new_axes()
+    axes.plot([r[key] for r in rows], [r[main] for r in rows], marker="o")
+    for r in rows:
+        marker = " (chosen)" if r["alpha"] == merge["chosen"] else ""
+        axes.annotate(f"alpha {r['alpha']}{marker}", (r[key], r[main]), fontsize=8)
+    axes.set_xlabel(f"{key} (guard)")
+    axes.set_ylabel(f"{main} (in-domain)")
+    return to_png(figure)
 
 
 def _loss_png(history: list[dict[str, Any]]) -> bytes | None:

@@ -297,3 +297,28 @@ def test_comparison_table_shows_each_named_sets_headline_metric():
     summary = {"baseline": base, "finetuned": tuned, "verdict": {"metric": "labels/roc_auc"}}
     rows = [line.split(" | ")[0].strip("| ") for line in comparison_table(summary).splitlines()]
     assert rows[2:] == ["labels/roc_auc", "ndcg@10", "refutes/accuracy"]
+
+
+def test_a_merge_search_adds_its_trade_off_plot_and_a_fact():
+    summary = make_summary(improved=True)
+    summary["verdict"]["guard"] = {
+        "metric": "nq/ndcg@10",
+        "baseline": 0.80,
+        "finetuned": 0.797,
+        "delta": -0.003,
+        "interval": [-0.01, 0.004],
+        "max_drop": 0.005,
+        "forgot": False,
+    }
+    summary["merge"] = {
+        "split": "validation",
+        "chosen": 0.5,
+        "alphas": [
+            {"alpha": a, "ndcg@10": 0.80 + a / 20, "nq/ndcg@10": 0.80 - a / 30} for a in (0.5, 1.0)
+        ],
+    }
+    page = Page(render_html(make_history(), summary))
+    assert "merge: in-domain vs guard on validation, per alpha" in page.images
+    text = " ".join(page.text)
+    assert "alpha 0.5 of the fine-tuned weights' change" in text
+    assert "general ability kept: nq/ndcg@10 0.8000 -> 0.7970" in text
