@@ -41,10 +41,12 @@ SET_HEADLINE = ("accuracy", "roc_auc", "spearman")
 def compared(
     summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE
 ) -> list[tuple[str, float, float, float]]:
-    """(metric, base, fine-tuned, Δ): the verdict's, ``metrics``, each named set's headline."""
+    """(metric, base, fine-tuned, Δ): the verdict's, ``metrics``, each named set's headline,
+    and the guard's."""
     base, tuned = summary["baseline"], summary["finetuned"]
     sets = [n for n in base if "/" in n and not n.startswith("dim") and _metric(n) in SET_HEADLINE]
-    names = dict.fromkeys((summary["verdict"]["metric"], *metrics, *sets))
+    guard = (summary["verdict"].get("guard") or {}).get("metric")
+    names = dict.fromkeys((summary["verdict"]["metric"], *metrics, *sets, *([guard] * bool(guard))))
     return [(n, base[n], tuned[n], tuned[n] - base[n]) for n in names if n in base and n in tuned]
 
 

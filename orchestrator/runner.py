@@ -147,12 +147,16 @@ def ensure_ray() -> None:
     """
     if not ray.is_initialized():
         ray.init(log_to_driver=True, configure_logging=False, dashboard_host="127.0.0.1")
+    _configure_ray_data()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset: too chatty
+
+
+def _configure_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     # Blocks in input order, not in the order their tasks finish: what is stored, and so what
     # `max_rows` keeps and what a run trains on, must not depend on task timing.
     context.execution_options.preserve_order = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset: too chatty
 
 
 @dataclass
@@ -217,7 +221,8 @@ def run(
     resumed_from = checkpoint_step(start) if start else latest_step(location)
     steps = total_steps(spec, data.rows)
     display = interactive_display()
-    result = build_trainer(spec, model_path, steps, data.datasets, start, display=display).fit()
+    epochs = epoch_datasets(spec, data.datasets, steps)
+    result = build_trainer(spec, model_path, steps, epochs, start, display=display).fit()
     train_s = time.time() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
@@ -324,12 +329,14 @@ def build_trainer(
     spec: ExperimentSpec,
     model_path: str,
     steps: int,
-    datasets: dict[str, ray.data.Dataset],
+    epochs: dict[str, ray.data.Dataset],
     start: Location | None,
     callbacks: list | None = None,
     display: Display = "none",
 ) -> TorchTrainer:
     """The run's ``TorchTrainer``; every report feeds a :class:`RunMonitor` and ``callbacks``.
+
+    ``epochs`` are the ordered epochs of :func:`epoch_datasets`.
 
     ``display`` is how the monitor shows progress (a search shows Tune's table instead).
     """
@@ -363,7 +370,7 @@ def build_trainer(
             callbacks=[monitor, *(callbacks or [])],
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
-        datasets=epoch_datasets(spec, datasets, steps),
+        datasets=epochs,
         # Every rank reads whole sources in a fixed order and takes its slice of each global
         # batch (see train_loop.rank_batches): exact resume needs that determinism.
         dataset_config=DataConfig(
@@ -393,6 +400,40 @@ def epoch_datasets(
                 spec.scaling.cpus_per_data_task,
             ).materialize()
     return out
+
+
+@ray.remote(num_cpus=0)
+class _EpochOrders:
+    """Orders a run's epochs, and owns them, outside the caller's placement group.
+
+    A Tune trial runs in a placement group that captures the tasks it starts, and a sort's
+    shuffle tasks do not fit its 0.01 CPU; this actor is placed in no group, so its tasks are
+    scheduled as a driver's are. The ordered blocks live as long as the actor does.
+    """
+
+    def __init__(self, spec_json: dict, datasets: dict[str, ray.data.Dataset], steps: int):
+        _configure_ray_data()
+        spec = ExperimentSpec.model_validate(spec_json)
+        self._epochs = epoch_datasets(spec, datasets, steps)
+
+    def epochs(self) -> dict[str, ray.data.Dataset]:
+        return self._epochs
+
+
+def epochs_outside_placement_group(
+    spec: ExperimentSpec, datasets: dict[str, ray.data.Dataset], steps: int
+) -> tuple[dict[str, ray.data.Dataset], Any]:
+    """:func:`epoch_datasets` for code that runs in a placement group (a Tune trial).
+
+    Returns the epochs and the actor that owns them: keep it referenced until training ends.
+    """
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    holder = _EpochOrders.options(scheduling_strategy=outside).remote(
+        spec.model_dump(mode="json"), datasets, steps
+    )
+    return ray.get(holder.epochs.remote()), holder
 
 
 def _uri_of(checkpoint: Checkpoint, location: Location) -> str:

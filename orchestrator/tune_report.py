@@ -104,7 +104,8 @@ def trial_rows(
             )
         )
     sign = -1 if base.tune.mode == "max" else 1
-    rows.sort(key=lambda r: (r.metric is None, not r.finished, sign * (r.metric or 0.0)))
+    # ties (identical trials train identically) by trial id, so every listing orders alike
+    rows.sort(key=lambda r: (r.metric is None, not r.finished, sign * (r.metric or 0.0), r.trial))
     return rows
 
 

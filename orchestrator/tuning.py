@@ -38,6 +38,7 @@ from orchestrator.runner import (
     RunResult,
     build_trainer,
     ensure_ray,
+    epochs_outside_placement_group,
     evaluate_baseline,
     finish,
     prepare_data,
@@ -119,7 +120,8 @@ def _run_trial(
         ray_tune.report({**latest[1]["metrics"], "reused_run": True})
         return
     callbacks = [_EvaluationReports(metric)]
-    build_trainer(spec, model_path, steps, datasets, None, callbacks).fit()
+    epochs, _owner = epochs_outside_placement_group(spec, datasets, steps)  # alive until fit ends
+    build_trainer(spec, model_path, steps, epochs, None, callbacks).fit()
 
 
 # --------------------------------------------------------------------------- the search

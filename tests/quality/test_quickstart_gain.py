@@ -5,10 +5,14 @@ A real run of ``experiments/quickstart.yaml`` (all-MiniLM-L6-v2 on SQuAD, the of
 a floor set from measured runs (bench/RESULTS.md, "Quality"), when the gain is not beyond the
 noise of the test set, or when the guard set says the model forgot. A change that keeps every
 other test green but costs the quickstart its gain (the data order once did) fails here.
+
+``QUALITY_OVERRIDES="data.shuffle=false"`` (space-separated ``key=value``) runs it on a changed
+recipe: the way to check that it fails when the gain is lost.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,8 @@ def test_the_quickstart_improves_beyond_noise_and_keeps_general_ability(tmp_path
     if not (ROOT / "data" / "squad" / "prepared.json").is_file():
         pytest.fail("the quickstart's data is missing: run `make prepare` (make test does)")
     monkeypatch.chdir(ROOT)  # the spec's data paths are relative to the repository
-    spec = load_spec(QUICKSTART, [f"storage.uri={tmp_path / 'runs'}"])
+    overrides = os.environ.get("QUALITY_OVERRIDES", "").split()
+    spec = load_spec(QUICKSTART, [*overrides, f"storage.uri={tmp_path / 'runs'}"])
     result = run(spec)
 
     judged = result.summary["verdict"]
