@@ -6,7 +6,7 @@ a floor set from measured runs (bench/RESULTS.md, "Quality"), when the gain is n
 noise of the test set, or when the guard set says the model forgot. A change that keeps every
 other test green but costs the quickstart its gain (the data order once did) fails here.
 
-``QUALITY_OVERRIDES="data.shuffle=false"`` (space-separated ``key=value``) runs it on a changed
+``QUALITY_OVERRIDES="train.lr=1e-7"`` (space-separated ``key=value``) runs it on a changed
 recipe: the way to check that it fails when the gain is lost.
 """
 

@@ -88,3 +88,17 @@ def test_forgetting_overrides_an_in_domain_gain():
     assert tone == "bad" and "model.rejected/" in sentence and "FORGOT" in sentence
     kept = guard_verdict("nq/ndcg@10", 0.005, before, evaluation(base, guard - 0.004))
     assert not kept["forgot"]
+
+
+def test_interpolation_is_linear_in_alpha_and_keeps_integer_tensors():
+    import torch
+
+    from orchestrator.modeling import interpolated
+
+    base = {"w": torch.zeros(2, 2), "ids": torch.tensor([1, 2])}
+    tuned = {"w": torch.ones(2, 2) * 4, "ids": torch.tensor([1, 2])}
+    assert torch.equal(interpolated(base, tuned, 0.25)["w"], torch.ones(2, 2))
+    assert torch.equal(interpolated(base, tuned, 1.0)["w"], tuned["w"])
+    assert torch.equal(interpolated(base, tuned, 0.5)["ids"], tuned["ids"])
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolated(base, {"w": tuned["w"]}, 0.5)
