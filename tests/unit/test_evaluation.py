@@ -196,3 +196,52 @@ def test_the_guard_is_evaluated_on_its_own_and_named(tiny_spec, tiny_model, corp
     assert "general/ndcg@10" in result.metrics and "ndcg@10" in result.metrics
     assert len(result.per_query["general/ndcg@10"]) == 10
     assert len(result.per_query["ndcg@10"]) == 24
+
+
+def test_merge_weights_are_tried_on_validation_and_the_chosen_one_is_written(
+    tiny_spec, tiny_model, corpora, tmp_path
+):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from orchestrator.finalize import choose_alpha
+
+    files = {
+        "corpus": str(corpora["eval"] / "corpus.jsonl"),
+        "queries": str(corpora["eval"] / "queries.jsonl"),
+        "qrels": str(corpora["eval"] / "qrels.tsv"),
+    }
+    tiny_spec["data"]["validation"] = files
+    tiny_spec["eval"] = {
+        "batch_size": 16,
+        "guard": {"name": "general", **files, "validation": files},
+    }
+    tiny_spec["merge"] = {"alphas": [0.25, 1.0]}
+    spec = load_spec(tiny_spec)
+    tuned = SentenceTransformer(tiny_model, device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in tuned.parameters():
+            param.add_(torch.randn_like(param) * 0.5)  # a "fine-tune" that changes everything
+    folder = tmp_path / "tuned"
+    tuned.save(str(folder))
+
+    merge = choose_alpha(spec, tiny_model, folder)
+    assert [row["alpha"] for row in merge["alphas"]] == [0.25, 1.0]
+    assert merge["split"] == "validation" and merge["chosen"] in (0.25, 1.0)
+    for row in merge["alphas"]:
+        expected = merge["base"]["general/ndcg@10"] - row["general/ndcg@10"]
+        assert row["guard_drop"] == pytest.approx(expected)
+    kept = [r for r in merge["alphas"] if r["guard_drop"] <= 0.005]
+    best = (
+        max(kept, key=lambda r: r["ndcg@10"])
+        if kept
+        else min(merge["alphas"], key=lambda r: r["guard_drop"])
+    )
+    assert merge["chosen"] == best["alpha"]
+    # The folder now holds base + chosen * (tuned - base).
+    base = SentenceTransformer(tiny_model, device="cpu").state_dict()
+    written = SentenceTransformer(str(folder), device="cpu").state_dict()
+    name = next(k for k, v in base.items() if v.is_floating_point() and v.ndim == 2)
+    want = base[name] + merge["chosen"] * (tuned.state_dict()[name] - base[name])
+    torch.testing.assert_close(written[name], want)
