@@ -117,7 +117,9 @@ def ours_run(spec) -> dict[str, Any]:
     }
 
 
-def seeded_runs(spec, seeds: list[int], alphas: list[float], out: Path) -> None:
+def seeded_runs(
+    spec, seeds: list[int], alphas: list[float], out: Path, overrides: list[str]
+) -> None:
     """Per seed: train (no merge), then every alpha on the test split; mean ± sd per alpha."""
     import numpy as np
     import torch
@@ -150,12 +152,14 @@ def seeded_runs(spec, seeds: list[int], alphas: list[float], out: Path) -> None:
                 "alpha": alpha,
                 "verdict": judged,
                 "steps": result.summary["steps"],
+                "train_s": result.summary["timings_s"]["train"],
             }
             if guard:
                 record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
             rows.append(record)
             with out.open("a") as f:
-                f.write(json.dumps({"experiment": spec.name, **record}) + "\n")
+                line = {"experiment": spec.name, "overrides": overrides, **record}
+                f.write(json.dumps(line) + "\n")
             guard_text = f", guard {record['guard']['delta']:+.4f}" if guard else ""
             low, high = judged["interval"] or (math.nan, math.nan)
             print(
@@ -199,7 +203,8 @@ def main() -> None:
         from orchestrator.spec import load_spec
 
         for path in args.specs:
-            seeded_runs(load_spec(path, args.set), args.seeds, args.alphas, args.seeds_out)
+            spec = load_spec(path, args.set)
+            seeded_runs(spec, args.seeds, args.alphas, args.seeds_out, args.set)
         return
 
     import platform
