@@ -6,6 +6,8 @@ texts of a step reach it:
 * most losses take the embeddings of one DDP forward per step (``compute_loss_from_embeddings``:
   the library's math, including the with-gradient all-gather of in-batch negatives across
   workers);
+* the guided (GISTEmbed) InfoNCE is the library's loss too, handed those same embeddings in
+  place of its own forwards, and the guide's embeddings of the step's texts;
 * the cached (GradCache) InfoNCE embeds mini-batches itself, twice; it is handed the DDP-wrapped
   encoder so that its replayed mini-batches synchronize gradients once, like one forward.
 
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from sentence_transformers.base.losses.merged_forward import column_merging_disabled
 from sentence_transformers.sentence_transformer import losses as st_losses
 from sentence_transformers.util import cos_sim
 
@@ -85,6 +88,56 @@ class FalseNegativeMask:
         self.mask, self.masked = mask, int(mask.sum())
 
 
+class _StepEmbeddings(torch.nn.Module):
+    """Stands in for the model inside ``GISTEmbedLoss``: returns the step's embeddings.
+
+    The library's guided loss embeds its columns itself, one forward each; under DDP that is
+    several forwards before one backward. Handing it the embeddings of the step's one DDP
+    forward, a column per call, keeps the library's guided math and one gradient sync.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.columns: list[torch.Tensor] = []
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": self.columns.pop(0)}
+
+
+class GuidedInfoNCE(torch.nn.Module):
+    """InfoNCE whose in-batch candidates a frozen guide model filters (GISTEmbed).
+
+    ``prepare`` takes the step's token features, which the guide embeds (without gradients);
+    ``compute_loss_from_embeddings`` takes the trained model's embeddings of them, as the
+    other library losses do, so Matryoshka truncation works the same way.
+    """
+
+    def __init__(self, gist: torch.nn.Module) -> None:
+        super().__init__()
+        self.gist = gist
+        self.feed = _StepEmbeddings()
+        gist.model = self.feed
+        self.features: list[dict[str, torch.Tensor]] = []
+
+    def prepare(self, batch: Batch) -> None:
+        self.features = [batch.queries, *_passage_columns(batch)]
+
+    def compute_loss_from_embeddings(
+        self, embeddings: list[torch.Tensor], labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.feed.columns = list(embeddings)
+        with column_merging_disabled():  # one column per call, in order
+            return self.gist(self.features, labels)
+
+
+def _passage_columns(batch: Batch) -> list[dict[str, torch.Tensor]]:
+    """The step's passages as one features dict per column (positives, then each negative)."""
+    return [
+        {key: value.chunk(batch.n_docs)[group] for key, value in batch.passages.items()}
+        for group in range(batch.n_docs)
+    ]
+
+
 class EmbeddingLoss(torch.nn.Module):
     """A library loss plus optional Matryoshka truncation, applied to precomputed embeddings.
 
@@ -107,9 +160,12 @@ class EmbeddingLoss(torch.nn.Module):
         self.false_negatives = similarity if isinstance(similarity, FalseNegativeMask) else None
 
     @property
-    def masked(self) -> int:
-        """In-batch candidates masked as false negatives in the last step (this rank)."""
-        return self.false_negatives.masked if self.false_negatives else 0
+    def masked(self) -> int | None:
+        """In-batch candidates masked as equal to the positive in the last step (this rank).
+
+        None where nothing counts them: no mask, or a guide's filter (inside the library loss).
+        """
+        return self.false_negatives.masked if self.false_negatives else None
 
     def forward(
         self, embeddings: list[torch.Tensor], labels: torch.Tensor | None = None
@@ -125,6 +181,8 @@ class EmbeddingLoss(torch.nn.Module):
         """Embed the step's texts in one forward of ``encoder`` and take the loss."""
         if self.false_negatives is not None:
             self.false_negatives.prepare(batch.passage_keys, batch.n_docs)
+        if isinstance(self.inner, GuidedInfoNCE):
+            self.inner.prepare(batch)
         queries, passages = encoder([batch.queries, batch.passages])
         return self([queries, *passages.chunk(batch.n_docs)], batch.labels)
 
@@ -143,20 +201,46 @@ class CachedEmbeddingLoss(torch.nn.Module):
         self.cached = cached  # the module that embeds
         self.loss = loss  # ``cached`` itself, or MatryoshkaLoss around it
 
-    masked = 0  # the cached loss embeds mini-batches itself: no false-negative mask
+    masked = None  # the cached loss embeds mini-batches itself: no false-negative mask
 
     def step(self, encoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
         self.cached.model = encoder
-        passages = [
-            {key: value.chunk(batch.n_docs)[group] for key, value in batch.passages.items()}
-            for group in range(batch.n_docs)
-        ]
-        return self.loss([batch.queries, *passages], batch.labels)
+        return self.loss([batch.queries, *_passage_columns(batch)], batch.labels)
 
 
-def _infonce(spec: InfoNCELoss, model: SentenceTransformer, world_size: int) -> torch.nn.Module:
+def _guided(
+    spec: InfoNCELoss, model: SentenceTransformer, guide: SentenceTransformer, gather: bool
+) -> torch.nn.Module:
+    """The library's GISTEmbed loss (cached or not): query -> passage, like plain InfoNCE."""
+    if spec.guide is None:  # pragma: no cover - build_loss calls this only with a guide
+        raise ValueError("no guide in the spec")
+    options = {
+        "temperature": spec.temperature,
+        "margin": spec.guide.margin,
+        "margin_strategy": spec.guide.margin_strategy,
+        "contrast_anchors": False,
+        "contrast_positives": False,
+        "gather_across_devices": gather,
+    }
+    if isinstance(spec, CachedInfoNCELoss):
+        return st_losses.CachedGISTEmbedLoss(
+            model, guide, mini_batch_size=spec.mini_batch_size, **options
+        )
+    return GuidedInfoNCE(st_losses.GISTEmbedLoss(model, guide, **options))
+
+
+def _infonce(
+    spec: InfoNCELoss,
+    model: SentenceTransformer,
+    world_size: int,
+    guide: SentenceTransformer | None,
+) -> torch.nn.Module:
     symmetric = spec.symmetric
     gather = spec.gather_across_workers and world_size > 1
+    if spec.guide is not None:
+        if guide is None:
+            raise ValueError("loss.guide is set: pass the loaded guide model")
+        return _guided(spec, model, guide, gather)
     options = {
         "scale": 1.0 / spec.temperature,
         "gather_across_devices": gather,
@@ -167,16 +251,24 @@ def _infonce(spec: InfoNCELoss, model: SentenceTransformer, world_size: int) -> 
         return st_losses.CachedMultipleNegativesRankingLoss(
             model, mini_batch_size=spec.mini_batch_size, **options
         )
-    if spec.mask_false_negatives:
+    if spec.masks_equal_texts:
         options["similarity_fct"] = FalseNegativeMask(gather)
     return st_losses.MultipleNegativesRankingLoss(model, **options)
 
 
-def library_loss(spec: Loss, model: SentenceTransformer, world_size: int = 1) -> torch.nn.Module:
-    """The sentence-transformers loss of ``spec`` (no Matryoshka), as its own trainer takes it."""
+def library_loss(
+    spec: Loss,
+    model: SentenceTransformer,
+    world_size: int = 1,
+    guide: SentenceTransformer | None = None,
+) -> torch.nn.Module:
+    """The sentence-transformers loss of ``spec`` (no Matryoshka), as its own trainer takes it.
+
+    ``guide``: the loaded ``loss.guide`` model, for the guided (GISTEmbed) losses.
+    """
     kind = spec.kind
     if isinstance(spec, InfoNCELoss):
-        return _infonce(spec, model, world_size)
+        return _infonce(spec, model, world_size, guide)
     if kind == "triplet":
         return st_losses.TripletLoss(
             model, distance_metric=_TRIPLET_DISTANCE[spec.distance], triplet_margin=spec.margin
@@ -199,10 +291,13 @@ def library_loss(spec: Loss, model: SentenceTransformer, world_size: int = 1) ->
 
 
 def build_loss(
-    spec: Loss, model: SentenceTransformer, world_size: int = 1
+    spec: Loss,
+    model: SentenceTransformer,
+    world_size: int = 1,
+    guide: SentenceTransformer | None = None,
 ) -> EmbeddingLoss | CachedEmbeddingLoss:
     """The training objective of ``spec``; ``.step(encoder, batch)`` gives a step's loss."""
-    inner = library_loss(spec, model, world_size)
+    inner = library_loss(spec, model, world_size, guide)
     if not isinstance(spec, CachedInfoNCELoss):
         return EmbeddingLoss(inner, spec.matryoshka_dims, spec.matryoshka_weights)
     if not spec.matryoshka_dims:

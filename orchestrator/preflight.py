@@ -54,6 +54,9 @@ def preflight(spec: ExperimentSpec) -> list[str]:
             problems.append(f"{where}: {path} does not exist ({_PREPARE_HINT})")
 
     dim = _check_model(spec.model.base, problems, warnings)
+    guide = getattr(spec.loss, "guide", None)
+    if guide is not None and guide.model != "base":
+        _check_model(guide.model, problems, warnings, field="loss.guide.model")
     for field, dims in (
         ("loss.matryoshka_dims", spec.loss.matryoshka_dims),
         ("eval.matryoshka_dims", spec.eval.matryoshka_dims),
@@ -68,23 +71,25 @@ def preflight(spec: ExperimentSpec) -> list[str]:
     return warnings
 
 
-def _check_model(base: str, problems: list[str], warnings: list[str]) -> int | None:
-    """Can ``model.base`` be loaded (or fetched)? Its embedding size where known."""
+def _check_model(
+    base: str, problems: list[str], warnings: list[str], field: str = "model.base"
+) -> int | None:
+    """Can the model ``field`` names be loaded (or fetched)? Its embedding size where known."""
     try:
         model_path = resolve_model(base, fetch=False)
     except (FileNotFoundError, SpecError) as exc:  # spec:<earlier stage> not run (or invalid)
-        problems.append(f"model.base: {exc}")
+        problems.append(f"{field}: {exc}")
         return None
     if Path(model_path).is_dir():
         return embedding_dim(model_path)
     if base.startswith(SPEC_PREFIX):
-        warnings.append(f"model.base: {base} is in object storage; `run` pulls it")
+        warnings.append(f"{field}: {base} is in object storage; `run` pulls it")
     elif base in KNOWN_MODELS:
-        warnings.append(f"model.base: {base} is not downloaded yet; `run` fetches it")
+        warnings.append(f"{field}: {base} is not downloaded yet; `run` fetches it")
         return KNOWN_MODELS[base].dim
     elif "/" not in base:
         problems.append(
-            f"model.base: {base!r} is neither a folder, a known offline model "
+            f"{field}: {base!r} is neither a folder, a known offline model "
             f"({', '.join(KNOWN_MODELS)}) nor a Hub id like 'org/name'"
         )
     return None

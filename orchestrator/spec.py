@@ -341,6 +341,28 @@ class _LossBase(_Section):
         return None
 
 
+class GuideSpec(_Section):
+    """GISTEmbed: a frozen guide model decides which in-batch candidates are not negatives.
+
+    A candidate the guide finds at least as similar to the anchor as its own positive (minus
+    ``margin``) is left out: another question's paragraph that answers this one too. Catches
+    what equal texts cannot (paraphrases, near-duplicates); costs one forward of the guide per
+    step, without gradients.
+    """
+
+    model: str = Field(
+        min_length=1,
+        description="'base' (the run's own base model, frozen) or a model folder, known "
+        "offline model or Hub id.",
+    )
+    margin: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    margin_strategy: Literal["absolute", "relative"] = Field(
+        default="absolute",
+        description="absolute: leave out above positive - margin; relative: above "
+        "positive - |positive| x margin.",
+    )
+
+
 class InfoNCELoss(_LossBase):
     """InfoNCE / MultipleNegativesRanking: in-batch (and hard) negatives, softmax at τ."""
 
@@ -350,11 +372,45 @@ class InfoNCELoss(_LossBase):
     gather_across_workers: bool = Field(
         default=True, description="Share in-batch negatives across all data-parallel workers."
     )
-    mask_false_negatives: bool = Field(
-        default=True,
+    mask_false_negatives: bool | None = Field(
+        default=None,
         description="Leave out in-batch candidates whose text is the anchor's own positive "
-        "(another question about the same paragraph): they are not negatives.",
+        "(another question about the same paragraph): they are not negatives. Default: on, "
+        "unless a guide filters the candidates.",
     )
+    guide: GuideSpec | None = Field(
+        default=None,
+        description="Filter in-batch candidates with a guide model instead "
+        "(sentence-transformers' GISTEmbedLoss).",
+    )
+
+    @model_validator(mode="after")
+    def _guide_consistent(self) -> InfoNCELoss:
+        if self.guide is None:
+            return self
+        if self.symmetric:
+            raise ValueError("guide: the guided loss scores query -> passage only; drop symmetric")
+        if self.mask_false_negatives:
+            raise ValueError(
+                "guide replaces mask_false_negatives (a text equal to the positive is as "
+                "similar as the positive: a margin > 0 leaves it out too); drop one"
+            )
+        return self
+
+    @property
+    def masks_equal_texts(self) -> bool:
+        """Whether the loss leaves out candidates whose text is the anchor's positive."""
+        if self.mask_false_negatives is None:
+            return self.guide is None
+        return self.mask_false_negatives
+
+    def column_problem(self, columns: ColumnMap) -> str | None:
+        if self.guide is not None and len(columns.negatives) > 1:
+            return (
+                f"loss.guide: the guided loss takes one negative per row; map one of "
+                f"{columns.negatives}"
+            )
+        return super().column_problem(columns)
 
 
 class CachedInfoNCELoss(InfoNCELoss):

@@ -29,6 +29,7 @@ import ray.train.torch
 import torch
 from transformers import get_scheduler
 
+from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import META_FILE, STATE_FILE
 from orchestrator.data.buckets import bucketed, token_counts
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
@@ -182,6 +183,23 @@ def _quiet_report_lines() -> None:
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def load_guide(spec: ExperimentSpec, base_path: str, device: torch.device):
+    """The frozen ``loss.guide`` model (None without one): the base as trained, or a named one."""
+    guide = getattr(spec.loss, "guide", None)
+    if guide is None:
+        return None
+    if guide.model == "base":  # as the run loads it: same pooling, length, prompts
+        model = load_encoder(base_path, spec.model, device)
+    else:  # another model as its authors saved it, reading at least the run's length
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(
+            resolve_model(guide.model), device=str(device), local_files_only=True
+        )
+        model.max_seq_length = max(model.max_seq_length or 0, spec.model.max_seq_length)
+    return model.eval().requires_grad_(False)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_report_lines()
     spec = ExperimentSpec.model_validate(config["spec"])
@@ -210,7 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_warmup_steps=int(spec.train.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    loss_fn = build_loss(spec.loss, model, world)
+    loss_fn = build_loss(spec.loss, model, world, load_guide(spec, config["model_path"], device))
 
     storage = Location.of(spec.storage)
     restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
@@ -246,7 +264,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     source_steps = dict(meta.get("source_steps", {}))
     pairs_seen = meta.get("pairs_seen", 0)
     running_loss = torch.zeros((), device=device)
-    window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, 0
+    window_steps, window_tokens, window_padded = 0, 0, 0
+    window_masked: int | None = None
     window_start, data_wait = time.perf_counter(), 0.0
     hard = 0
     encoder.train()
@@ -262,7 +281,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         data_wait += time.perf_counter() - fetch_start
         hard = batch.n_docs - 1
         loss = loss_fn.step(encoder, batch)
-        window_masked += loss_fn.masked
+        masked = loss_fn.masked
+        if masked is not None:
+            window_masked = (window_masked or 0) + masked
         scaler.scale(loss).backward()
         if spec.train.max_grad_norm:
             scaler.unscale_(optimizer)
@@ -299,14 +320,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "peak_memory_mib": peak_memory_mib(device),
             "time": time.time(),
             "negatives_per_query": negatives_per_query(spec.loss, local_batch, world, hard),
-            # in-batch candidates left out as the anchor's own positive text, per query
-            "false_negatives_masked": window_masked / (window_steps * local_batch),
             "trainable_params": trainable,
             "total_params": total,
             "source_steps": dict(source_steps),
             "resumed_from_step": resumed_from_step,
             "restores": restores,
         }
+        if window_masked is not None:  # candidates left out as the anchor's positive, per query
+            metrics["false_negatives_masked"] = window_masked / (window_steps * local_batch)
         rng_states = None
         if checkpoint_now:  # collectives: every rank takes part
             metrics["stream_digests"] = _gather(digest, world)
@@ -321,7 +342,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save = rng_states if checkpoint_now and rank == 0 else None
         _report(metrics, save, model, optimizer, scheduler, mixed, storage)
         running_loss.zero_()
-        window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, 0
+        window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, None
         window_start, data_wait = time.perf_counter(), 0.0
 
 

@@ -148,17 +148,26 @@ def test_a_relative_storage_uri_means_the_drivers_folder(
     assert (result.model_dir / "manifest.json").is_file()
 
 
-def test_cached_infonce_with_hard_negatives_on_two_workers(
-    ray_cluster, tiny_model, corpora, tmp_path
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"kind": "cached_mnrl", "mini_batch_size": 2, "temperature": 0.05},
+        {"kind": "infonce", "temperature": 0.05, "guide": {"model": "base"}},
+    ],
+    ids=["cached", "guided"],
+)
+def test_gathered_losses_with_hard_negatives_on_two_workers(
+    ray_cluster, tiny_model, corpora, tmp_path, loss
 ):
-    """GradCache through DDP: mini-batches replayed in backward, gradients synchronized once."""
+    """Through DDP, candidates gathered: GradCache (mini-batches replayed in backward,
+    gradients synchronized once) and GISTEmbed (the guide's view gathered with them)."""
     from orchestrator import run
     from tests.conftest import tiny_spec_dict
 
     spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
     for source in spec["data"]["sources"].values():
         source["columns"]["negatives"] = ["wrong"]
-    spec["loss"] = {"kind": "cached_mnrl", "mini_batch_size": 2, "temperature": 0.05}
+    spec["loss"] = loss
     spec["train"].update(max_steps=2)
     result = run(spec)
     assert result.summary["steps"] == 2

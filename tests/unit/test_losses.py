@@ -377,4 +377,81 @@ def test_a_duplicate_positive_is_not_a_negative_of_its_twin(tiny_model):
 
     unmasked = build_loss(infonce_spec(mask_false_negatives=False), model)
     assert unmasked.step(PairEncoder(model), batch).item() > loss.item()
-    assert unmasked.masked == 0
+    assert unmasked.masked is None  # nothing counted
+
+
+# --------------------------------------------------------------------------- guided (GISTEmbed)
+
+
+def perturbed_copy(model, seed: int = 0, noise: float = 0.3):
+    """A guide that judges differently from the trained model: its weights moved at random."""
+    import copy
+
+    guide = copy.deepcopy(model).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in guide.parameters():
+            parameter += noise * parameter.std() * torch.randn(parameter.shape, generator=generator)
+    return guide.requires_grad_(False)
+
+
+def test_the_guide_leaves_out_what_it_finds_as_close_as_the_positive(tiny_model):
+    """Hand computation: the guide's similarities pick the masked candidates, the model's score."""
+    from sentence_transformers import SentenceTransformer
+
+    from orchestrator.spec import GuideSpec
+
+    model = SentenceTransformer(tiny_model, device="cpu").eval()
+    guide = perturbed_copy(model)
+    batch = tokenized_batch(model, n_docs=1)
+    margin = 0.05
+    spec = infonce_spec(guide=GuideSpec(model="base", margin=margin))
+    loss = build_loss(spec, model, guide=guide).step(PairEncoder(model), batch)
+
+    queries, passages = [TEXTS[i] for i in range(4)], [TEXTS[(i + 1) % 5] for i in range(4)]
+    guided = cos(*(guide.encode(t, convert_to_tensor=True) for t in (queries, passages)))
+    masked = guided > guided.diagonal()[:, None] - margin
+    masked.fill_diagonal_(False)
+    assert 0 < masked.sum() < masked.numel() - 4  # the test can tell a mask from none
+    scores = 20.0 * cos(*(model.encode(t, convert_to_tensor=True) for t in (queries, passages)))
+    expected = F.cross_entropy(scores.masked_fill(masked, float("-inf")), torch.arange(4))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    unguided = build_loss(infonce_spec(mask_false_negatives=False), model)
+    assert unguided.step(PairEncoder(model), batch).item() != pytest.approx(loss.item())
+
+
+@pytest.mark.parametrize("dims", [None, [32, 8]], ids=["plain", "matryoshka"])
+def test_the_cached_guided_loss_gives_the_gradients_of_the_guided_one(tiny_model, dims):
+    from sentence_transformers import SentenceTransformer
+
+    from orchestrator.spec import GuideSpec
+
+    model = SentenceTransformer(tiny_model, device="cpu").eval()
+    guide = perturbed_copy(model)
+    batch = tokenized_batch(model, n_docs=2)  # a hard-negative column too
+    results = []
+    for spec in (
+        infonce_spec(guide=GuideSpec(model="base"), matryoshka_dims=dims),
+        CachedInfoNCELoss(
+            kind="cached_infonce",
+            mini_batch_size=3,
+            guide=GuideSpec(model="base"),
+            matryoshka_dims=dims,
+        ),
+    ):
+        model.zero_grad()
+        loss = build_loss(spec, model, guide=guide).step(PairEncoder(model), batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((loss.item(), grads))
+    (plain_loss, plain_grads), (cached_loss, cached_grads) = results
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    for mine, reference in zip(cached_grads, plain_grads, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_a_guided_loss_without_its_guide_model_is_refused(model):
+    from orchestrator.spec import GuideSpec
+
+    with pytest.raises(ValueError, match="guide"):
+        build_loss(infonce_spec(guide=GuideSpec(model="base")), model)

@@ -116,6 +116,30 @@ BAD_SPECS = [
         "greater than 0",
         id="cached-mini-batch",
     ),
+    pytest.param(
+        {"loss.guide": {"model": "base"}, "loss.symmetric": True},
+        "loss",
+        "query -> passage only",
+        id="guide-symmetric",
+    ),
+    pytest.param(
+        {"loss.guide": {"model": "base"}, "loss.mask_false_negatives": True},
+        "loss",
+        "guide replaces mask_false_negatives",
+        id="guide-and-equal-text-mask",
+    ),
+    pytest.param(
+        {"loss.guide": {"model": "base"}, "data.sources.a.columns.negatives": ["n1", "n2"]},
+        "data.sources.a.columns",
+        "the guided loss takes one negative per row",
+        id="guide-two-negatives",
+    ),
+    pytest.param(
+        {"loss.guide": {"model": "base", "margin": -0.1}},
+        "loss.guide.margin",
+        "greater than or equal to 0",
+        id="guide-negative-margin",
+    ),
     pytest.param({"data.eval": REMOVE}, "data", "no held-out data", id="no-held-out-data"),
     pytest.param(
         {"data.eval_sets.refutes": {"kind": "triplets", "path": "t.jsonl"}},
@@ -389,6 +413,19 @@ def test_matryoshka_wider_than_the_model_fails(tiny_spec):
 
 def test_matryoshka_within_the_model_passes(tiny_spec):
     preflight(load_spec(changed(tiny_spec, {"loss.matryoshka_dims": [32, 16]})))
+
+
+def test_a_guide_model_is_checked_like_the_base(tiny_spec, tiny_model):
+    raw = changed(tiny_spec, {"loss.guide": {"model": "no-such-guide"}})
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(raw))
+    assert [p.split(":")[0] for p in info.value.problems] == ["loss.guide.model"]
+    for guide in ("base", str(tiny_model)):
+        spec = load_spec(changed(tiny_spec, {"loss.guide": {"model": guide}}))
+        assert preflight(spec) == []
+        # as workers receive it: dumped and validated again
+        again = type(spec).model_validate(spec.model_dump(mode="json"))
+        assert again.loss.guide == spec.loss.guide and not again.loss.masks_equal_texts
 
 
 def test_unknown_model_name_fails(tiny_spec):
