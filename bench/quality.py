@@ -117,16 +117,34 @@ def ours_run(spec) -> dict[str, Any]:
     }
 
 
+def domain_deltas(spec, main: str, base, figures) -> dict[str, float]:
+    """The main metric's Δ on each named retrieval set (``data.eval_sets``: other domains)."""
+    names = [n for n, held_out in spec.data.eval_sets.items() if held_out.kind == "retrieval"]
+    return {n: figures.metrics[f"{n}/{main}"] - base.metrics[f"{n}/{main}"] for n in names}
+
+
 def seeded_runs(
-    spec, seeds: list[int], alphas: list[float], out: Path, overrides: list[str]
+    spec,
+    seeds: list[int],
+    alphas: list[float],
+    out: Path,
+    overrides: list[str],
+    reuse: bool = False,
 ) -> None:
-    """Per seed: train (no merge), then every alpha on the test split; mean ± sd per alpha."""
+    """Per seed: train (no merge), then every alpha on the test split; mean ± sd per alpha.
+
+    Each alpha is also evaluated on the validation split, and the alpha the run itself would
+    choose there (:func:`orchestrator.finalize.pick_alpha`) is marked ``chosen``: the
+    figures of ``merge: {alphas: [...]}`` without training once per list. ``reuse`` keeps
+    a seed's finished run instead of training it again.
+    """
     import numpy as np
     import torch
 
     from orchestrator import run
     from orchestrator.assets import resolve_model
     from orchestrator.evaluation import evaluate_split
+    from orchestrator.finalize import pick_alpha
     from orchestrator.modeling import interpolated, load_encoder
     from orchestrator.spec import load_spec
     from orchestrator.verdict import guard_verdict, verdict
@@ -136,41 +154,61 @@ def seeded_runs(
     base_model = load_encoder(resolve_model(spec.model.base), spec.model).eval()
     base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
     base = evaluate_split(base_model, spec, "test")
+    base_validation = evaluate_split(base_model, spec, "validation").metrics
     rows = []
     for seed in seeds:
         raw = spec.model_dump(mode="json", exclude={"merge"})
         raw["train"]["seed"] = seed
-        result = run(load_spec(raw), fresh=True)
+        result = run(load_spec(raw), fresh=not reuse)
         tuned_model = load_encoder(str(result.model_dir), spec.model).eval()
         tuned_state = {k: v.clone() for k, v in tuned_model.state_dict().items()}
+        seed_rows = []
         for alpha in alphas:
             tuned_model.load_state_dict(interpolated(base_state, tuned_state, alpha))
             figures = evaluate_split(tuned_model, spec, "test")
+            validation = evaluate_split(tuned_model, spec, "validation").metrics
             judged = verdict(main, base, figures)
             record = {
                 "seed": seed,
                 "alpha": alpha,
                 "verdict": judged,
+                "validation": {main: validation[main]},
                 "steps": result.summary["steps"],
                 "train_s": result.summary["timings_s"]["train"],
             }
             if guard:
                 record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
+                drop = base_validation[guard.metric_key] - validation[guard.metric_key]
+                record["validation"]["guard_drop"] = drop
+            if domains := domain_deltas(spec, main, base, figures):
+                record["domains"] = domains
+            seed_rows.append(record)
+        if guard:
+            choice = [{"alpha": r["alpha"], **r["validation"]} for r in seed_rows]
+            chosen = pick_alpha(choice, main, guard.max_drop)["alpha"]
+            for record in seed_rows:
+                record["chosen"] = record["alpha"] == chosen
+        for record in seed_rows:
             rows.append(record)
             with out.open("a") as f:
                 line = {"experiment": spec.name, "overrides": overrides, **record}
                 f.write(json.dumps(line) + "\n")
+            judged = record["verdict"]
             guard_text = f", guard {record['guard']['delta']:+.4f}" if guard else ""
+            guard_text += "".join(f", {n} {d:+.4f}" for n, d in record.get("domains", {}).items())
+            guard_text += " (chosen)" if record.get("chosen") else ""
             low, high = judged["interval"] or (math.nan, math.nan)
             print(
-                f"seed {seed} alpha {alpha}: {main} {judged['delta']:+.4f} "
+                f"seed {seed} alpha {record['alpha']}: {main} {judged['delta']:+.4f} "
                 f"[{low:+.4f}, {high:+.4f}]{guard_text}",
                 flush=True,
             )
     print(f"| alpha | {main} Δ (mean ± sd) | every interval > 0 | guard Δ (mean ± sd) |")
     print("|---:|---:|:---:|---:|")
-    for alpha in alphas:
-        mine = [r for r in rows if r["alpha"] == alpha]
+    for alpha in [*alphas, "chosen"]:
+        mine = [r for r in rows if r["alpha"] == alpha or (alpha == "chosen" and r.get("chosen"))]
+        if not mine:
+            continue
         deltas = np.array([r["verdict"]["delta"] for r in mine])
         above = all(r["verdict"]["interval"][0] > 0 for r in mine)
         guards = np.array([r["guard"]["delta"] for r in mine]) if guard else np.array([np.nan])
@@ -178,6 +216,20 @@ def seeded_runs(
             f"| {alpha} | {deltas.mean():+.4f} ± {deltas.std(ddof=1):.4f} | "
             f"{'yes' if above else 'no'} | {guards.mean():+.4f} ± {guards.std(ddof=1):.4f} |"
         )
+        if domains := [r["domains"] for r in mine if "domains" in r]:
+            names = list(domains[0])
+            each = ", ".join(f"{n} {np.mean([d[n] for d in domains]):+.4f}" for n in names)
+            # per seed: the mean Δ over the main set and every named set; then over seeds
+            overall = np.mean(
+                [
+                    (r["verdict"]["delta"] + sum(r["domains"].values())) / (len(names) + 1)
+                    for r in mine
+                ]
+            )
+            print(
+                f"  alpha {alpha}, mean over seeds: {each}; "
+                f"mean over all {len(names) + 1} sets {overall:+.4f}"
+            )
 
 
 def row(experiment: str, runner: str, main: str, base: float, tuned: float, seconds: float):
@@ -197,6 +249,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="train once per seed (ours)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
+    parser.add_argument(
+        "--reuse", action="store_true", help="--seeds: keep a seed's finished run (no training)"
+    )
     parser.add_argument("--seeds-out", type=Path, default=Path(__file__).with_name("seeds.jsonl"))
     args = parser.parse_args()
     if args.seeds:
@@ -204,7 +259,7 @@ def main() -> None:
 
         for path in args.specs:
             spec = load_spec(path, args.set)
-            seeded_runs(spec, args.seeds, args.alphas, args.seeds_out, args.set)
+            seeded_runs(spec, args.seeds, args.alphas, args.seeds_out, args.set, args.reuse)
         return
 
     import platform

@@ -72,12 +72,18 @@ def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> dict[
             }
         )
         log.info("merge alpha=%.2f: %s %.4f, guard drop %+.4f", alpha, main, rows[-1][main], drop)
-    kept = [r for r in rows if r["guard_drop"] <= guard.max_drop]
-    chosen = max(kept, key=lambda r: r[main]) if kept else min(rows, key=lambda r: r["guard_drop"])
+    chosen = pick_alpha(rows, main, guard.max_drop)
     if chosen["alpha"] != 1.0:
         model_with(model, interpolated(base, tuned, chosen["alpha"])).save(str(tuned_dir))
     split = "validation" if spec.data.validation and guard.validation else "test"
     return {"split": split, "base": base_figures, "alphas": rows, "chosen": chosen["alpha"]}
+
+
+def pick_alpha(rows: list[dict[str, Any]], main: str, max_drop: float) -> dict[str, Any]:
+    """The row (``alpha``, ``main``, ``guard_drop``) with the best ``main`` among those within
+    ``max_drop`` of the base on the guard; if none is, the one that forgets least."""
+    kept = [r for r in rows if r["guard_drop"] <= max_drop]
+    return max(kept, key=lambda r: r[main]) if kept else min(rows, key=lambda r: r["guard_drop"])
 
 
 def model_with(model, state: dict[str, torch.Tensor]):

@@ -198,13 +198,26 @@ def test_the_guard_is_evaluated_on_its_own_and_named(tiny_spec, tiny_model, corp
     assert len(result.per_query["ndcg@10"]) == 24
 
 
+def test_the_merge_weight_is_the_best_one_that_keeps_the_guard():
+    from orchestrator.finalize import pick_alpha
+
+    def rows(*figures):
+        return [{"alpha": a, "ndcg@10": m, "guard_drop": d} for a, m, d in figures]
+
+    both = rows((1.0, 0.86, 0.02), (0.5, 0.85, 0.004), (0.3, 0.84, 0.0))
+    assert pick_alpha(both, "ndcg@10", 0.005)["alpha"] == 0.5  # 1.0 forgets, 0.5 beats 0.3
+    assert pick_alpha(both, "ndcg@10", 0.05)["alpha"] == 1.0
+    none_kept = rows((1.0, 0.86, 0.03), (0.5, 0.85, 0.01))
+    assert pick_alpha(none_kept, "ndcg@10", 0.005)["alpha"] == 0.5  # forgets least
+
+
 def test_merge_weights_are_tried_on_validation_and_the_chosen_one_is_written(
     tiny_spec, tiny_model, corpora, tmp_path
 ):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from orchestrator.finalize import choose_alpha
+    from orchestrator.finalize import choose_alpha, pick_alpha
 
     files = {
         "corpus": str(corpora["eval"] / "corpus.jsonl"),
@@ -232,13 +245,7 @@ def test_merge_weights_are_tried_on_validation_and_the_chosen_one_is_written(
     for row in merge["alphas"]:
         expected = merge["base"]["general/ndcg@10"] - row["general/ndcg@10"]
         assert row["guard_drop"] == pytest.approx(expected)
-    kept = [r for r in merge["alphas"] if r["guard_drop"] <= 0.005]
-    best = (
-        max(kept, key=lambda r: r["ndcg@10"])
-        if kept
-        else min(merge["alphas"], key=lambda r: r["guard_drop"])
-    )
-    assert merge["chosen"] == best["alpha"]
+    assert merge["chosen"] == pick_alpha(merge["alphas"], "ndcg@10", 0.005)["alpha"]
     # The folder now holds base + chosen * (tuned - base).
     base = SentenceTransformer(tiny_model, device="cpu").state_dict()
     written = SentenceTransformer(str(folder), device="cpu").state_dict()
