@@ -117,6 +117,12 @@ def ours_run(spec) -> dict[str, Any]:
     }
 
 
+def domain_deltas(spec, main: str, base, figures) -> dict[str, float]:
+    """The main metric's Δ on each named retrieval set (``data.eval_sets``: other domains)."""
+    names = [n for n, held_out in spec.data.eval_sets.items() if held_out.kind == "retrieval"]
+    return {n: figures.metrics[f"{n}/{main}"] - base.metrics[f"{n}/{main}"] for n in names}
+
+
 def seeded_runs(
     spec,
     seeds: list[int],
@@ -174,6 +180,8 @@ def seeded_runs(
                 record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
                 drop = base_validation[guard.metric_key] - validation[guard.metric_key]
                 record["validation"]["guard_drop"] = drop
+            if domains := domain_deltas(spec, main, base, figures):
+                record["domains"] = domains
             seed_rows.append(record)
         if guard:
             choice = [{"alpha": r["alpha"], **r["validation"]} for r in seed_rows]
@@ -187,6 +195,7 @@ def seeded_runs(
                 f.write(json.dumps(line) + "\n")
             judged = record["verdict"]
             guard_text = f", guard {record['guard']['delta']:+.4f}" if guard else ""
+            guard_text += "".join(f", {n} {d:+.4f}" for n, d in record.get("domains", {}).items())
             guard_text += " (chosen)" if record.get("chosen") else ""
             low, high = judged["interval"] or (math.nan, math.nan)
             print(
@@ -207,6 +216,17 @@ def seeded_runs(
             f"| {alpha} | {deltas.mean():+.4f} ± {deltas.std(ddof=1):.4f} | "
             f"{'yes' if above else 'no'} | {guards.mean():+.4f} ± {guards.std(ddof=1):.4f} |"
         )
+        if domains := [r["domains"] for r in mine if "domains" in r]:
+            names = list(domains[0])
+            each = ", ".join(f"{n} {np.mean([d[n] for d in domains]):+.4f}" for n in names)
+            # per seed: the mean Δ over the main set and every named set; then over seeds
+            overall = np.mean(
+                [
+                    (r["verdict"]["delta"] + sum(r["domains"].values())) / (len(names) + 1)
+                    for r in mine
+                ]
+            )
+            print(f"  {alpha}: per set, mean over seeds: {each}; over all sets: {overall:+.4f}")
 
 
 def row(experiment: str, runner: str, main: str, base: float, tuned: float, seconds: float):

@@ -233,15 +233,26 @@ def evaluate_per_query(
     """:func:`evaluate`, plus each retrieval metric's per-query values (for intervals)."""
     metrics: dict[str, float] = {}
     per_query: dict[str, np.ndarray] = {}
-    if spec.data.eval is not None:
-        retrieval_set = load_retrieval_set(spec.data.eval)
-        for dim in [None, *spec.eval.matryoshka_dims]:
-            prefix = f"dim{dim}/" if dim else ""
+    retrieval = {"": spec.data.eval} if spec.data.eval is not None else {}
+    retrieval.update(
+        {
+            f"{name}/": held_out
+            for name, held_out in spec.data.eval_sets.items()
+            if held_out.kind == "retrieval"
+        }
+    )
+    for name, held_out in retrieval.items():
+        retrieval_set = load_retrieval_set(held_out)
+        dims = [None, *spec.eval.matryoshka_dims] if not name else [None]
+        for dim in dims:
+            prefix = name + (f"dim{dim}/" if dim else "")
             evaluator = build_evaluator(spec, retrieval_set, dim)
             raw = evaluator(model)  # "heldout_cosine_ndcg@10"
             metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
             per_query.update({prefix + k: v for k, v in evaluator.per_query.items()})
     for name, held_out in spec.data.eval_sets.items():
+        if held_out.kind == "retrieval":
+            continue
         raw = build_set_evaluator(name, held_out, spec)(model)
         for key, value in sorted(raw.items()):
             metric = _set_metric(key, name)

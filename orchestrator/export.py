@@ -44,8 +44,13 @@ def compared(
     """(metric, base, fine-tuned, Δ): the verdict's, ``metrics``, each named set's headline,
     and the guard's."""
     base, tuned = summary["baseline"], summary["finetuned"]
-    sets = [n for n in base if "/" in n and not n.startswith("dim") and _metric(n) in SET_HEADLINE]
+    headline = (*SET_HEADLINE, _metric(summary["verdict"]["metric"]))  # retrieval sets: main's
     guard = (summary["verdict"].get("guard") or {}).get("metric")
+    sets = [
+        n
+        for n in base
+        if "/" in n and not n.startswith("dim") and _metric(n) in headline and n != guard
+    ]
     names = dict.fromkeys((summary["verdict"]["metric"], *metrics, *sets, *([guard] * bool(guard))))
     return [(n, base[n], tuned[n], tuned[n] - base[n]) for n in names if n in base and n in tuned]
 

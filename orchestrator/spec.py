@@ -226,8 +226,17 @@ class ScoredPairsEvalSet(_PairEvalSet):
     row_format: ClassVar[str] = SCORED_PAIRS
 
 
+class RetrievalEvalSet(RetrievalEvalSpec):
+    """Another retrieval set by name (e.g. each domain of a multi-source run): its metrics are
+    the main set's, as ``<name>/ndcg@10``; test figures only (no validation split)."""
+
+    kind: Literal["retrieval"]  # type: ignore[assignment]  # named sets must say their kind
+    metrics: ClassVar[tuple[str, ...]] = ("ndcg@10",)  # and every other retrieval metric
+
+
 EvalSet = Annotated[
-    TripletEvalSet | LabeledPairsEvalSet | ScoredPairsEvalSet, Field(discriminator="kind")
+    TripletEvalSet | LabeledPairsEvalSet | ScoredPairsEvalSet | RetrievalEvalSet,
+    Field(discriminator="kind"),
 ]
 
 _FORMAT_COLUMNS = {
@@ -253,8 +262,9 @@ class DataSpec(_Section):
     )
     eval_sets: dict[str, EvalSet] = Field(
         default_factory=dict,
-        description="More held-out sets by name (triplets, labeled_pairs, scored_pairs); "
-        "their metrics are <name>/<metric>, e.g. refutes/accuracy, labels/roc_auc.",
+        description="More held-out sets by name (triplets, labeled_pairs, scored_pairs, "
+        "retrieval); their metrics are <name>/<metric>, e.g. refutes/accuracy, "
+        "labels/roc_auc, nyt/ndcg@10.",
     )
     on_bad_rows: Literal["skip", "fail"] = Field(
         default="skip",
@@ -545,7 +555,7 @@ class ScalingSpec(_Section):
 #: An evaluation metric name: ``ndcg@10``, or ``dim64/ndcg@10`` for embeddings cut to 64 dims.
 METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy)@\d+")
 #: A metric of a named held-out set (``data.eval_sets``): ``refutes/accuracy``.
-SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+)")
+SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+(?:@\d+)?)")
 
 
 #: A retrieval metric the guard may compare: ``ndcg@10``, ``recall@5``, ``map@100``.
@@ -895,6 +905,10 @@ class ExperimentSpec(_Section):
             held_out = self.data.eval_sets.get(match[1])
             if held_out is None:
                 return f"{field}: {name!r}: no set {match[1]!r} in data.eval_sets"
+            if isinstance(held_out, RetrievalEvalSet):
+                if METRIC_NAME.fullmatch(match[2]) and not match[2].startswith("dim"):
+                    return None
+                return f"{field}: a retrieval set reports metrics like '{match[1]}/ndcg@10'"
             if match[2] not in held_out.metrics:
                 return f"{field}: a {held_out.kind} set reports {', '.join(held_out.metrics)}"
             return None

@@ -104,6 +104,35 @@ def test_named_sets_report_their_metrics(set_metrics):
     assert "ndcg@10" in metrics  # the retrieval set is still evaluated
 
 
+def test_a_named_retrieval_set_reports_what_the_main_set_would(tiny_spec, tiny_model):
+    """Another domain's retrieval set: the main set's metrics under its name, per query too."""
+    from orchestrator.evaluation import evaluate_per_query
+
+    tiny_spec["data"]["eval_sets"] = {"other": {"kind": "retrieval", **tiny_spec["data"]["eval"]}}
+    tiny_spec["eval"] = {"main_metric": "other/mrr@10"}
+    spec = load_spec(tiny_spec)
+    metrics, per_query = evaluate_per_query(load_encoder(tiny_model, spec.model), spec)
+    main = {k: v for k, v in metrics.items() if "/" not in k}
+    assert main and {f"other/{k}": v for k, v in main.items()} == {
+        k: v for k, v in metrics.items() if k.startswith("other/")
+    }
+    np.testing.assert_array_equal(per_query["other/ndcg@10"], per_query["ndcg@10"])
+
+
+@pytest.mark.parametrize(
+    ("metric", "problem"),
+    [
+        ("other/ndcg@10", None),
+        ("other/accuracy", "like 'other/ndcg@10'"),
+        ("gone/ndcg@10", "no set"),
+    ],
+)
+def test_metrics_of_named_retrieval_sets_are_checked(tiny_spec, metric, problem):
+    tiny_spec["data"]["eval_sets"] = {"other": {"kind": "retrieval", **tiny_spec["data"]["eval"]}}
+    found = load_spec(tiny_spec).metric_problem("eval.main_metric", metric)
+    assert (found is None) if problem is None else (problem in found)
+
+
 def test_triplet_accuracy_matches_hand_computation(set_metrics):
     metrics, model = set_metrics
     anchors = [QUERY_PROMPT + r["question"] for r in ROWS]

@@ -299,6 +299,17 @@ def test_comparison_table_shows_each_named_sets_headline_metric():
     assert rows[2:] == ["labels/roc_auc", "ndcg@10", "refutes/accuracy"]
 
 
+def test_comparison_table_shows_each_domains_main_metric_and_the_guard_last():
+    from orchestrator.export import comparison_table
+
+    names = ["ndcg@10", "nq/ndcg@10", "nyt/ndcg@10", "nyt/mrr@10", "reddit/ndcg@10"]
+    base, tuned = dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.6)
+    verdict = {"metric": "ndcg@10", "guard": {"metric": "nq/ndcg@10"}}
+    summary = {"baseline": base, "finetuned": tuned, "verdict": verdict}
+    rows = [line.split(" | ")[0].strip("| ") for line in comparison_table(summary).splitlines()]
+    assert [r for r in rows[2:] if "/" in r] == ["nyt/ndcg@10", "reddit/ndcg@10", "nq/ndcg@10"]
+
+
 def test_a_merge_search_adds_its_trade_off_plot_and_a_fact():
     summary = make_summary(improved=True)
     summary["verdict"]["guard"] = {
