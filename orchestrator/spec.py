@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,6 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from orchestrator.spec_yaml import YamlProblem, parse_yaml, read_yaml
 
 #: Marks a cross-field error whose lines each start with their own dotted path.
 _CROSS_FIELD = "cross-field:\n"
@@ -47,8 +49,36 @@ class SpecError(ValueError):
         super().__init__(f"{origin} is invalid ({len(problems)} problem(s)):\n{lines}")
 
 
+#: Marks a section-level error about one of its fields: ``<field>\n<message>``.
+_IN_SECTION = "field:\n"
+
+#: The seeds numpy, torch and Python's random all accept.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+def _numeric(annotation: Any) -> bool:
+    """Does a field of this type take numbers (and so must not take true/false)?"""
+    if get_origin(annotation) is Annotated:
+        return _numeric(get_args(annotation)[0])
+    options = [get_args(o)[0] if get_origin(o) is Annotated else o for o in get_args(annotation)]
+    options = options or [annotation]
+    return bool not in options and any(o in (int, float) for o in options)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are never a meaningful learning rate, margin or budget.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """``max_steps: yes`` is YAML for 1 to pydantic; a number field gets a number."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field and _numeric(field.annotation):
+                    raise ValueError(f"{_IN_SECTION}{name}\nexpected a number, got {value}")
+        return data
 
 
 # --------------------------------------------------------------------------- model
@@ -518,7 +548,7 @@ class TrainSpec(_Section):
         default="fp32", description="Autocast dtype on GPU; bf16 also works on CPU."
     )
     gradient_checkpointing: bool = False
-    seed: int = 42
+    seed: Seed = 42
     eval_every: int = Field(default=0, ge=0, description="Steps between evaluations; 0 = at end.")
     checkpoint_every: PositiveInt = Field(default=50, description="Steps between checkpoints.")
     log_every: PositiveInt = 10
@@ -770,7 +800,7 @@ class TuneSpec(_Section):
     time_budget_s: PositiveFloat | None = Field(
         default=None, description="Stop starting and running trials after this many seconds."
     )
-    seed: int | None = Field(default=None, description="Sampler seed; None: train.seed.")
+    seed: Seed | None = Field(default=None, description="Sampler seed; None: train.seed.")
 
     def sampler_seed(self, train_seed: int) -> int:
         return self.seed if self.seed is not None else train_seed
@@ -956,7 +986,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not path:
             raise SpecError([f"override {item!r}: expected key.path=value"], "overrides")
         try:
-            set_path(raw, path.strip(), yaml.safe_load(text))
+            set_path(raw, path.strip(), parse_yaml(text))
+        except YamlProblem as exc:
+            raise SpecError([f"override {item!r}: the value is {exc}"], "overrides") from None
         except KeyError as exc:
             raise SpecError([f"override {item!r}: {exc.args[0]}"], "overrides") from None
     return raw
@@ -982,6 +1014,9 @@ def _format_error(error: dict[str, Any]) -> list[str]:
     message = error["msg"].removeprefix("Value error, ")
     if message.startswith(_CROSS_FIELD):
         return message.removeprefix(_CROSS_FIELD).splitlines()
+    if message.startswith(_IN_SECTION):
+        field, message = message.removeprefix(_IN_SECTION).split("\n", 1)
+        loc.append(field)
     hint = ""
     if error["type"] == "extra_forbidden":
         hint = " (unknown field: check spelling)"
@@ -1035,9 +1070,9 @@ def load_spec(
         if not path.is_file():
             raise SpecError([f"<file>: {path} does not exist"], str(path))
         try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise SpecError([f"<file>: not valid YAML/JSON: {exc}"], str(path)) from None
+            raw = read_yaml(path)
+        except YamlProblem as exc:
+            raise SpecError([f"<file>: {exc}"], str(path)) from None
         origin = str(path)
     if raw is None:
         raw = {}

@@ -140,6 +140,11 @@ BAD_SPECS = [
         "greater than or equal to 0",
         id="guide-negative-margin",
     ),
+    pytest.param({"train.lr": float("nan")}, "train.lr", "finite number", id="nan-lr"),
+    pytest.param({"loss.temperature": float("inf")}, "loss.temperature", "finite", id="inf"),
+    pytest.param({"train.max_steps": True}, "train.max_steps", "expected a number", id="bool"),
+    pytest.param({"train.seed": 2**32}, "train.seed", "less than 4294967296", id="big-seed"),
+    pytest.param({"train.seed": -1}, "train.seed", "greater than or equal to 0", id="neg-seed"),
     pytest.param({"data.eval": REMOVE}, "data", "no held-out data", id="no-held-out-data"),
     pytest.param(
         {"data.eval_sets.refutes": {"kind": "triplets", "path": "t.jsonl"}},
