@@ -143,6 +143,12 @@ class ColumnMap(_Section):
             raise ValueError(
                 f"a row is pairs + one of negatives, score or label; this map sets {extras}"
             )
+        named = [self.anchor, self.positive, *self.negatives, self.score, self.label]
+        named = [n for n in named if n is not None]
+        if any(not n.strip() for n in named):
+            raise ValueError("a column name is empty")
+        if repeated := sorted({n for n in named if named.count(n) > 1}):
+            raise ValueError(f"each column once: {repeated} is mapped twice")
         return self
 
     @property
@@ -174,7 +180,12 @@ class ParquetSource(_FileSource):
 
 class CsvSource(_FileSource):
     format: Literal["csv"]
-    delimiter: str = ","
+    delimiter: str = Field(
+        default=",",
+        min_length=1,
+        max_length=1,
+        description='One character; a tab is "\\t" in YAML (double quotes).',
+    )
 
 
 Source = Annotated[JsonlSource | ParquetSource | CsvSource, Field(discriminator="format")]
@@ -865,7 +876,7 @@ class TestingSpec(_Section):
 
 
 class ExperimentSpec(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
     model: ModelSpec
     data: DataSpec

@@ -140,6 +140,23 @@ BAD_SPECS = [
         "greater than or equal to 0",
         id="guide-negative-margin",
     ),
+    pytest.param(
+        {"data.sources.a.columns.anchor": " "}, "data.sources.a.columns", "empty", id="empty-col"
+    ),
+    pytest.param(
+        {"data.sources.a.columns.negatives": ["anchor"]},
+        "data.sources.a.columns",
+        "['anchor'] is mapped twice",
+        id="column-twice",
+    ),
+    pytest.param(
+        {"data.sources.a": {"format": "csv", "path": "a.csv", "delimiter": "\\t"}},
+        "data.sources.a.delimiter",
+        "at most 1 character",
+        id="tab-in-single-quotes",
+    ),
+    pytest.param({"name": "x" * 101}, "name", "at most 100 characters", id="long-name"),
+    pytest.param({"name": "a/../b"}, "name", "should match pattern", id="name-with-slash"),
     pytest.param({"train.lr": float("nan")}, "train.lr", "finite number", id="nan-lr"),
     pytest.param({"loss.temperature": float("inf")}, "loss.temperature", "finite", id="inf"),
     pytest.param({"train.max_steps": True}, "train.max_steps", "expected a number", id="bool"),
