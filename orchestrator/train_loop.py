@@ -166,7 +166,8 @@ def load_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, di
     if checkpoint is None:
         return None, {}
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        # Tensors and plain containers only: a checkpoint read from storage runs no code.
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
         meta = json.loads((Path(directory) / META_FILE).read_text())
     return state, meta
 
