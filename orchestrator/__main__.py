@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             _runs(args)
         elif args.command == "eval":
             print(json.dumps(orchestrator.evaluate(args.model, args.spec), indent=2))
-    except (SpecError, BadRowsError, IncompleteUploadError) as exc:
+    except (SpecError, BadRowsError, IncompleteUploadError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SearchInterrupted as exc:

@@ -126,7 +126,7 @@ def trained_model(spec_path: str, fetch: bool = True) -> Path:
     if not model.is_remote:
         return model.path.resolve()
     local = data_home() / "pulled" / earlier.name / earlier.run_id
-    if fetch and not (local / "config.json").is_file():
+    if fetch and not (local / MANIFEST).is_file():  # written last by pull
         pull(model, local)
     return local
 

@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -211,21 +212,62 @@ def read_manifest(source: Location) -> dict[str, Any]:
 
 
 def pull(source: Location, destination: Path) -> dict[str, Any]:
-    """Fetch exactly what the manifest lists and verify every checksum; return the manifest."""
+    """Fetch exactly what the manifest lists, verified, into ``destination``; the manifest.
+
+    Every entry must name a file inside the destination (no absolute paths, no ``..``).
+    Files land in a scratch folder beside it and move into place only once every checksum
+    verifies, so a failed pull leaves nothing that looks like a model. An earlier pull (a
+    folder with a manifest) is replaced; a folder holding anything else is refused.
+    """
     manifest = read_manifest(source)
-    destination.mkdir(parents=True, exist_ok=True)
+    entries = [_pulled_path(source, entry) for entry in manifest.get("files", [])]
+    earlier = destination.exists() and any(destination.iterdir())
+    if earlier and not (destination / MANIFEST).is_file():
+        raise FileExistsError(
+            f"{destination} holds other files: pull into an empty or a new folder"
+        )
+    destination.parent.mkdir(parents=True, exist_ok=True)
     client = s3_client(source) if source.is_remote else None
-    for entry in manifest["files"]:
-        local = destination / entry["path"]
-        local.parent.mkdir(parents=True, exist_ok=True)
-        if client is not None:
-            client.download_file(source.bucket, f"{source.key}/{entry['path']}", str(local))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}.pull-", dir=destination.parent))
+    try:
+        for entry, relative in zip(manifest["files"], entries, strict=True):
+            local = scratch / relative
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if client is not None:
+                client.download_file(source.bucket, f"{source.key}/{relative}", str(local))
+            else:
+                shutil.copyfile(source.path / relative, local)
+            if local.stat().st_size != entry["size"] or sha256_of(local) != entry[SHA_KEY]:
+                raise IncompleteUploadError(f"{source.uri}/{relative}: checksum mismatch")
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if destination.exists():  # empty, or an earlier pull: out of the way first
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            destination.rename(old)
+            scratch.rename(destination)
+            shutil.rmtree(old)
         else:
-            shutil.copyfile(source.path / entry["path"], local)
-        if local.stat().st_size != entry["size"] or sha256_of(local) != entry[SHA_KEY]:
-            raise IncompleteUploadError(f"{source.uri}/{entry['path']}: checksum mismatch")
-    (destination / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            scratch.rename(destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return manifest
+
+
+def _pulled_path(source: Location, entry: dict[str, Any]) -> str:
+    """A manifest entry's path, if it stays inside the folder it is pulled into."""
+    path = entry.get("path") if isinstance(entry, dict) else None
+    parts = PurePosixPath(path).parts if isinstance(path, str) else ()
+    if (
+        not parts
+        or PurePosixPath(path).is_absolute()
+        or ".." in parts
+        or "\\" in path
+        or ":" in parts[0]
+        or parts[-1] == MANIFEST
+    ):
+        raise IncompleteUploadError(
+            f"{source.uri}/{MANIFEST}: refusing the entry {path!r}: not a file inside the folder"
+        )
+    return PurePosixPath(*parts).as_posix()
 
 
 # --------------------------------------------------------------------------- small objects

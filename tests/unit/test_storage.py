@@ -86,6 +86,44 @@ def test_local_publish_and_pull_verify_the_same_way(folder, tmp_path):
         pull(target, tmp_path / "copy2")
 
 
+@pytest.mark.parametrize(
+    "path", ["/etc/cron.d/x", "../outside", "a/../../outside", "C:/x", "a\\..\\b", "", None]
+)
+def test_pull_refuses_a_manifest_entry_outside_the_folder(folder, tmp_path, path):
+    target = Location(str(tmp_path / "published"))
+    publish(folder, target)
+    manifest = json.loads((tmp_path / "published" / MANIFEST).read_text())
+    manifest["files"].append({"path": path, "size": 1, "sha256": "0" * 64})
+    (tmp_path / "published" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IncompleteUploadError, match="refusing the entry"):
+        pull(target, tmp_path / "pulled")
+    assert not (tmp_path / "pulled").exists() and not (tmp_path / "outside").exists()
+
+
+def test_a_failed_pull_leaves_nothing_and_a_second_pull_replaces_the_first(folder, tmp_path):
+    target = Location(str(tmp_path / "published"))
+    publish(folder, target)
+    pulled = tmp_path / "pulled"
+    pull(target, pulled)
+    (pulled / "stale.txt").write_text("from an earlier version")
+    pull(target, pulled)  # an earlier pull (it has a manifest): replaced whole
+    assert same_tree(folder, pulled) and not (pulled / "stale.txt").exists()
+    (tmp_path / "published" / "config.json").write_text("{}")  # changed after publishing
+    with pytest.raises(IncompleteUploadError, match="checksum mismatch"):
+        pull(target, tmp_path / "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "published", "pulled"]
+
+
+def test_pull_refuses_a_folder_holding_other_files(folder, tmp_path):
+    target = Location(str(tmp_path / "published"))
+    publish(folder, target)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds other files"):
+        pull(target, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
 def test_cli_pull_exits_2_for_an_incomplete_upload(bucket, s3_endpoint, tmp_path, capsys):
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="p/a", Body=b"x")
     uri = f"s3://{bucket}/p"
