@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from urllib.parse import urlparse
 
 import orchestrator
 from orchestrator.assets import KNOWN_MODELS, SPEC_PREFIX, resolve_model
+from orchestrator.credentials import SECRET_NAME, credential_in
 from orchestrator.spec import ExperimentSpec, SpecError
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ log = logging.getLogger("orchestrator")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 #: Ray's working-directory uploads go through one gRPC message (512 MiB); stay well below.
 MAX_SHIPPED_BYTES = 400 * 2**20
-SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE|(^|_)KEY$|SESSION", re.I)
 #: Settings of this machine that the job should see too (when set here).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AWS_DEFAULT_REGION", "AWS_REGION")
 FINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -77,17 +76,16 @@ def is_loopback(address: str) -> bool:
 
 def check_env(env: dict[str, str]) -> None:
     """Refuse variables that look like secrets: a runtime environment is not a secret store."""
-    secret = sorted(name for name in env if SECRET_NAME.search(name))
-    if secret:
-        raise SpecError(
-            [
-                f"--env {name}: looks like a secret. A job's runtime_env is shown to anyone "
-                "who can open the Ray dashboard; give the cluster its credentials through its "
-                "nodes (instance role, ~/.aws, a Kubernetes secret)"
-                for name in secret
-            ],
-            "submission",
-        )
+    problems = [
+        f"--env {name}: looks like a secret "
+        f"({'its name' if SECRET_NAME.search(name) else 'its value'}). A job's runtime_env is "
+        "shown to anyone who can open the Ray dashboard; give the cluster its credentials "
+        "through its nodes (instance role, ~/.aws, a Kubernetes secret)"
+        for name, value in sorted(env.items())
+        if SECRET_NAME.search(name) or credential_in(str(value))
+    ]
+    if problems:
+        raise SpecError(problems, "submission")
 
 
 def stage(

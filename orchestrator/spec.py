@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.credentials import credential_problems
 from orchestrator.spec_yaml import YamlProblem, parse_yaml, read_yaml
 
 #: Marks a cross-field error whose lines each start with their own dotted path.
@@ -1061,6 +1062,8 @@ def parse_spec(raw: dict[str, Any], origin: str = "spec") -> ExperimentSpec:
     """Validate a raw dict; raise :class:`SpecError` naming every bad field."""
     if not isinstance(raw, dict):
         raise SpecError(["<root>: expected a mapping of sections"], origin)
+    if leaks := credential_problems(raw):
+        raise SpecError(leaks, origin)
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:

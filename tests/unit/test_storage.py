@@ -172,10 +172,11 @@ def test_arrow_storage_points_ray_train_at_the_bucket(s3_endpoint):
 @pytest.mark.parametrize(
     ("storage", "message"),
     [
-        ({"uri": "s3://AKIA123:secret@bucket/runs"}, "without credentials"),
-        ({"uri": "s3://bucket/runs?access_key=x"}, "without credentials"),
+        ({"uri": "s3://AKIA123:secret@bucket/runs"}, "credentials come from the environment"),
+        ({"uri": "s3://bucket/runs?access_key=x"}, "credentials come from the environment"),
+        ({"uri": "s3://bucket/runs?versionId=3"}, "without credentials or options"),
         ({"uri": "gs://bucket/runs"}, "gs:// is not supported"),
-        ({"uri": "s3://b", "endpoint_url": "http://user:pw@127.0.0.1:9000"}, "no credentials"),
+        ({"uri": "s3://b", "endpoint_url": "http://user:pw@127.0.0.1:9000"}, "never from a spec"),
     ],
 )
 def test_storage_spec_rejects_credentials_and_unknown_schemes(tiny_spec, storage, message):
