@@ -38,8 +38,10 @@ def describe(run: Location, keys: set[str]) -> dict[str, Any]:
         "uri": run.uri,
         "status": status_of(keys),
     }
-    if "summary.json" in keys:
-        summary = json.loads(read_text(run.join("summary.json")))
+    summary = _summary(run, keys)
+    if isinstance(summary, str):
+        row["status"] += f" ({summary})"
+    elif summary is not None:
         verdict = summary.get("verdict") or {}
         row.update(
             spec_hash=summary.get("spec_hash"),
@@ -50,6 +52,23 @@ def describe(run: Location, keys: set[str]) -> dict[str, Any]:
             improved=verdict.get("improved"),
         )
     return row
+
+
+def _summary(run: Location, keys: set[str]) -> dict[str, Any] | str | None:
+    """A run's summary.json; a short reason instead when it cannot be read; None without one.
+
+    Writes are atomic, but a copy made by other tools, a full disk or a hand edit can still
+    leave a torn file: one such run must not hide the others from the listing.
+    """
+    if "summary.json" not in keys:
+        return None
+    try:
+        summary = json.loads(read_text(run.join("summary.json")))
+    except FileNotFoundError:
+        return "summary.json vanished"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "summary.json unreadable"
+    return summary if isinstance(summary, dict) else "summary.json unreadable"
 
 
 def list_runs(root: Location) -> list[dict[str, Any]]:
@@ -66,8 +85,8 @@ def list_runs(root: Location) -> list[dict[str, Any]]:
 def show_run(run: Location) -> dict[str, Any]:
     keys = set(list_keys(run))
     row = describe(run, keys)
-    if "summary.json" in keys:
-        row["summary"] = json.loads(read_text(run.join("summary.json")))
+    if isinstance(summary := _summary(run, keys), dict):
+        row["summary"] = summary
     return row
 
 

@@ -276,9 +276,16 @@ def _pulled_path(source: Location, entry: dict[str, Any]) -> str:
 def write_bytes(target: Location, data: bytes) -> None:
     if target.is_remote:
         s3_client(target).put_object(Bucket=target.bucket, Key=target.key, Body=data)
-    else:
+    else:  # atomically: a reader (or a crash) sees the old file or the new one, never half
         target.path.parent.mkdir(parents=True, exist_ok=True)
-        target.path.write_bytes(data)
+        handle, scratch = tempfile.mkstemp(prefix=f".{target.path.name}.", dir=target.path.parent)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(scratch, target.path)
+        except BaseException:
+            Path(scratch).unlink(missing_ok=True)
+            raise
 
 
 def write_text(target: Location, text: str) -> None:

@@ -196,3 +196,29 @@ def test_cli_runs_list_prints_a_table(tmp_path, capsys):
     assert main(["runs", "list", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "| qs | r1 | abababababababab | complete | 7 | ndcg@10 | 0.5000 |  |" in table
+
+
+def test_a_torn_summary_is_listed_as_such_and_the_other_runs_still_are(tmp_path, capsys):
+    root = Location(str(tmp_path))
+    good = {"spec_hash": "cd" * 32, "steps": 3, "verdict": {"metric": "ndcg@10"}}
+    _fake_run(root, "qs", "r1", {"summary.json": '{"steps": 7, "verd', "model/manifest.json": "{}"})
+    _fake_run(root, "qs", "r2", {"summary.json": json.dumps(good), "model/manifest.json": "{}"})
+    assert main(["runs", "list", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| qs | r1 |  | complete (summary.json unreadable) |" in table
+    assert "| qs | r2 | cdcdcdcdcdcdcdcd | complete | 3 |" in table
+
+
+def test_a_local_write_is_atomic_and_leaves_no_scratch(tmp_path, monkeypatch):
+    target = Location(str(tmp_path / "run" / "summary.json"))
+    write_text(target, '{"steps": 1}')
+    assert target.path.read_text() == '{"steps": 1}'
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("orchestrator.storage.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_text(target, '{"steps": 2}')
+    assert target.path.read_text() == '{"steps": 1}'  # the old file, whole
+    assert [p.name for p in target.path.parent.iterdir()] == ["summary.json"]
