@@ -9,6 +9,7 @@ training loop stays free of printing, metric and storage calls. The bar is Ray's
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from orchestrator.storage import Location, read_text, write_text
 from orchestrator.telemetry import EVAL_PREFIX
 
 HISTORY_FILE = "history.jsonl"
+log = logging.getLogger("orchestrator")
 Display = Literal["bar", "log", "none"]
 
 
@@ -37,7 +39,14 @@ def read_history(run: Location) -> list[dict[str, Any]]:
         text = read_text(run.join(HISTORY_FILE))
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line]
+    reports = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line:
+                reports.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn line (a crash mid-copy): the others still count
+            log.warning("%s line %d is torn; skipped", run.join(HISTORY_FILE).uri, number)
+    return reports
 
 
 def describe(report: dict[str, Any]) -> str:

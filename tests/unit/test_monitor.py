@@ -62,3 +62,12 @@ def test_describe_shows_loss_throughput_and_evaluations():
     assert describe(report(2, **{"eval/ndcg@10": 0.71234})) == (
         "loss 0.500 · 10.0 pairs/s · ndcg@10 0.7123"
     )
+
+
+def test_a_torn_history_line_is_skipped_and_the_rest_kept(tmp_path, caplog):
+    from orchestrator.storage import Location, write_text
+
+    run = Location(str(tmp_path))
+    write_text(run.join("history.jsonl"), '{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_history(run)] == [1, 2]
+    assert "history.jsonl line 3 is torn" in caplog.text
