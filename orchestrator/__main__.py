@@ -7,7 +7,12 @@ import json
 import logging
 import sys
 
-from orchestrator.errors import BadRowsError, IncompleteUploadError, SearchInterrupted
+from orchestrator.errors import (
+    BadRowsError,
+    IncompleteUploadError,
+    RunBusyError,
+    SearchInterrupted,
+)
 from orchestrator.spec import SpecError
 
 
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             _runs(args)
         elif args.command == "eval":
             print(json.dumps(orchestrator.evaluate(args.model, args.spec), indent=2))
-    except (SpecError, BadRowsError, IncompleteUploadError, FileExistsError) as exc:
+    except (SpecError, BadRowsError, IncompleteUploadError, FileExistsError, RunBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SearchInterrupted as exc:

@@ -13,3 +13,7 @@ class IncompleteUploadError(RuntimeError):
 
 class SearchInterrupted(RuntimeError):
     """A search stopped before all its trials ended; running it again continues it."""
+
+
+class RunBusyError(RuntimeError):
+    """Another live driver holds the run's folder (its lease names the host and pid)."""

@@ -34,6 +34,7 @@ from orchestrator.data.order import epoch_name, epoch_order, epochs_needed
 from orchestrator.data.sources import SourceReport, read_sources
 from orchestrator.data.tokenize import tokenize_batch
 from orchestrator.estimate import negatives_per_query, total_steps
+from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.monitor import Display, RunMonitor, interactive_display, read_history
 from orchestrator.preflight import preflight
 from orchestrator.spec import ExperimentSpec, load_spec
@@ -207,10 +208,18 @@ def run(
     """
     spec = load_spec(spec, overrides)
     preflight(spec)
+    location = run_location(spec)
+    with RunLease(location):
+        return _run_holding(spec, location, resume_from, fresh)
+
+
+def _run_holding(
+    spec: ExperimentSpec, location: Location, resume_from: str | None, fresh: bool
+) -> RunResult:
+    """:func:`run`, once this driver holds the run folder's lease."""
     started = time.time()
     model_path = resolve_model(spec.model.base)
-    location = run_location(spec)
-    if fresh and (removed := remove_tree(location)):
+    if fresh and (removed := remove_tree(location, keep=frozenset({LEASE_FILE}))):
         log.warning("--fresh: deleted %d file(s) of the earlier run in %s", removed, location.uri)
     write_text(location.join("spec.yaml"), spec.to_yaml())
     ensure_ray()

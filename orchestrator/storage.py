@@ -11,6 +11,7 @@ environment, ``~/.aws`` (``AWS_PROFILE``) or the instance role, on every node by
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -307,17 +308,29 @@ def read_text(source: Location) -> str:
     return body.read().decode()
 
 
-def remove_tree(root: Location) -> int:
-    """Delete everything below ``root``; returns how many files went."""
-    keys = list(list_keys(root))
+def remove_tree(root: Location, keep: frozenset[str] = frozenset()) -> int:
+    """Delete everything below ``root`` but the files named in ``keep``; how many went."""
+    keys = [k for k in list_keys(root) if k not in keep]
     if not root.is_remote:
-        shutil.rmtree(root.path, ignore_errors=True)
+        for key in keys:
+            (root.path / key).unlink(missing_ok=True)
+        for folder in sorted((p for p in root.path.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):  # not empty: it holds a kept file
+                folder.rmdir()
         return len(keys)
     client = s3_client(root)
     for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
         batch = [{"Key": f"{root.key}/{k}"} for k in keys[start : start + 1000]]
         client.delete_objects(Bucket=root.bucket, Delete={"Objects": batch, "Quiet": True})
     return len(keys)
+
+
+def remove_file(target: Location) -> None:
+    """Delete one file (gone already is fine)."""
+    if target.is_remote:
+        s3_client(target).delete_object(Bucket=target.bucket, Key=target.key)
+    else:
+        target.path.unlink(missing_ok=True)
 
 
 def list_keys(root: Location) -> Iterator[str]:

@@ -32,6 +32,7 @@ from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import checkpoint_at, latest_checkpoint
 from orchestrator.errors import SearchInterrupted
 from orchestrator.estimate import total_steps
+from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.preflight import preflight
 from orchestrator.runner import (
     PreparedData,
@@ -283,10 +284,18 @@ def tune(
         raise SpecError(["tune: the spec has no tune section (metric, space, ...)"], base.name)
     preflight(base)
     candidates = check_space(base)
+    location = tune_location(base)
+    with RunLease(location, what="search"):
+        return _tune_holding(base, candidates, location, fresh)
+
+
+def _tune_holding(
+    base: ExperimentSpec, candidates: list[ExperimentSpec], location: Location, fresh: bool
+) -> TuneResult:
+    """:func:`tune`, once this driver holds the search folder's lease."""
     started = time.time()
     model_path = resolve_model(base.model.base)
-    location = tune_location(base)
-    if fresh and (removed := remove_tree(location)):
+    if fresh and (removed := remove_tree(location, keep=frozenset({LEASE_FILE}))):
         log.warning("--fresh: deleted %d file(s) of the earlier search", removed)
     write_text(location.join("spec.yaml"), base.to_yaml())
     ensure_ray()
