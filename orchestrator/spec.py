@@ -66,6 +66,16 @@ def _numeric(annotation: Any) -> bool:
     return bool not in options and any(o in (int, float) for o in options)
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty: name a file, a folder or a model")
+    return text
+
+
+#: A path or a model name: never empty (an empty path is the working directory).
+PathText = Annotated[str, AfterValidator(_not_blank)]
+
+
 class _Section(BaseModel):
     # NaN and infinities are never a meaningful learning rate, margin or budget.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -88,7 +98,7 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     """Which encoder to start from and how texts reach it."""
 
-    base: str = Field(
+    base: PathText = Field(
         description="A local SentenceTransformer/transformers folder, a known offline name "
         "(see `orchestrator prepare --list`), or a Hub id where a network allows it."
     )
@@ -161,7 +171,7 @@ class ColumnMap(_Section):
 
 
 class _FileSource(_Section):
-    path: str = Field(description="A file, a folder or a glob; local or s3://bucket/key.")
+    path: PathText = Field(description="A file, a folder or a glob; local or s3://bucket/key.")
     endpoint_url: EndpointUrl = Field(
         default=None,
         description="S3-compatible endpoint for an s3:// path; None: AWS or $AWS_ENDPOINT_URL.",
@@ -196,9 +206,9 @@ class RetrievalEvalSpec(_Section):
     """A held-out retrieval set in BEIR layout: corpus/queries JSONL (`_id`, `text`) + qrels TSV."""
 
     kind: Literal["retrieval"] = "retrieval"
-    corpus: str
-    queries: str
-    qrels: str = Field(description="TSV with header: query-id, corpus-id, score.")
+    corpus: PathText
+    queries: PathText
+    qrels: PathText = Field(description="TSV with header: query-id, corpus-id, score.")
     max_queries: PositiveInt | None = None
 
     def local_files(self) -> dict[str, str]:
@@ -208,7 +218,7 @@ class RetrievalEvalSpec(_Section):
 class _PairEvalSet(_Section):
     """A held-out file of rows like the training rows: JSONL, CSV or Parquet (by its suffix)."""
 
-    path: str = Field(description="A local .jsonl/.json, .csv/.tsv or .parquet file.")
+    path: PathText = Field(description="A local .jsonl/.json, .csv/.tsv or .parquet file.")
     columns: ColumnMap = Field(default_factory=ColumnMap)
     max_rows: PositiveInt | None = None
     #: Metric names this kind of set reports, each as ``<set name>/<metric>``.
