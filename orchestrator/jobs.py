@@ -95,25 +95,24 @@ def stage(
     env = dict(env or {})
     check_env(env)
     raw = spec.model_dump(mode="json")
+    files: list[tuple[Path, str]] = []  # (local file, where it goes in the job folder)
     for name, source in raw["data"]["sources"].items():
-        source["path"] = _ship(source["path"], folder, f"inputs/sources/{name}")
+        source["path"] = _plan(source["path"], f"inputs/sources/{name}", files)
     for where, path in spec.held_out_files().items():
         *section, key = where.split(".")  # data.eval.corpus, eval.guard.validation.qrels
         node = raw
         for part in section:
             node = node[part]
-        node[key] = _ship(path, folder, "inputs/" + "/".join([*section[1:], key]))
+        node[key] = _plan(path, "inputs/" + "/".join([*section[1:], key]), files)
     base = raw["model"]["base"]
     if base.startswith(SPEC_PREFIX):  # an earlier stage's model: ship the folder itself
         base = resolve_model(base)
     if base not in KNOWN_MODELS and Path(base).expanduser().is_dir():
-        raw["model"]["base"] = _ship(base, folder, "inputs/model", as_folder=True)
+        raw["model"]["base"] = _plan(base, "inputs/model", files, as_folder=True)
     if "://" not in raw["storage"]["uri"]:
         raw["storage"]["uri"] = str(Path(raw["storage"]["uri"]).expanduser().resolve())
-    staged = ExperimentSpec.model_validate(raw)
-    (folder / "spec.yaml").write_text(staged.to_yaml())
-    shipped = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    if shipped > MAX_SHIPPED_BYTES:
+    shipped = sum(local.stat().st_size for local, _ in files)
+    if shipped > MAX_SHIPPED_BYTES:  # before copying anything
         raise SpecError(
             [
                 f"the local files this spec reads come to {shipped / 2**20:.0f} MiB, more than "
@@ -122,6 +121,11 @@ def stage(
             ],
             f"spec {spec.name!r}",
         )
+    for local, relative in files:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(str(local), str(folder / relative))
+    staged = ExperimentSpec.model_validate(raw)
+    (folder / "spec.yaml").write_text(staged.to_yaml())
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env_vars = {"TOKENIZERS_PARALLELISM": "false", **forwarded, **env}
     package = Path(orchestrator.__file__).parent
@@ -139,24 +143,33 @@ def stage(
     )
 
 
-def _ship(path: str, folder: Path, target: str, as_folder: bool = False) -> str:
-    """Copy a local file, folder or glob's files under ``folder/target``; the new relative path.
+def _plan(path: str, target: str, files: list[tuple[Path, str]], as_folder: bool = False) -> str:
+    """The files a local path (file, folder or glob) ships as under ``target``; its new path.
 
-    Remote paths stay as they are. Files are hard-linked where possible: the upload reads them
-    once, and nothing is copied on the same disk.
+    Remote paths stay as they are. A symlink inside a shipped folder that leads out of it is
+    refused: only what the spec names travels to the cluster.
     """
     if "://" in path:
         return path
     source = Path(path).expanduser()
-    destination = folder / target
     if as_folder or source.is_dir():
-        shutil.copytree(source, destination, copy_function=_link_or_copy)
+        root = source.resolve()
+        for local in sorted(source.rglob("*")):
+            if not local.resolve().is_relative_to(root):
+                raise SpecError(
+                    [f"{local}: a link out of {source}; only the spec's own inputs are shipped"],
+                    "submission",
+                )
+            if local.is_file():
+                files.append((local, f"{target}/{local.relative_to(source).as_posix()}"))
         return target
-    matches = [Path(m) for m in sorted(glob.glob(path, recursive=True))] or [source]
-    destination.mkdir(parents=True)
+    # A file named like a glob ("pairs[1].jsonl") is that file.
+    matches = (
+        [source] if source.is_file() else [Path(m) for m in sorted(glob.glob(path, recursive=True))]
+    )
     for index, match in enumerate(matches):
         name = match.name if len(matches) == 1 else f"{index:04d}-{match.name}"
-        _link_or_copy(str(match), str(destination / name))
+        files.append((match, f"{target}/{name}"))
     return f"{target}/{matches[0].name}" if len(matches) == 1 else target
 
 

@@ -73,10 +73,42 @@ def test_credentials_never_travel_in_the_runtime_env(spec, tmp_path, monkeypatch
             jobs.stage(spec, tmp_path / name, "run", env={name: "x"})
 
 
-def test_inputs_too_large_for_a_job_are_refused(spec, tmp_path, monkeypatch):
+def test_inputs_too_large_for_a_job_are_refused_before_anything_is_copied(
+    spec, tmp_path, monkeypatch
+):
     monkeypatch.setattr(jobs, "MAX_SHIPPED_BYTES", 1024)
+    (tmp_path / "job").mkdir()
     with pytest.raises(SpecError, match="more than a job can carry"):
-        jobs.stage(spec, tmp_path, "run")
+        jobs.stage(spec, tmp_path / "job", "run")
+    assert not any((tmp_path / "job").iterdir())
+
+
+def test_a_link_out_of_a_shipped_folder_is_refused(spec, tiny_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (tmp_path / "secret.txt").write_text("not for the cluster")
+    (model / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    raw = spec.model_dump(mode="json")
+    raw["model"]["base"] = str(model)
+    (tmp_path / "job").mkdir()
+    with pytest.raises(SpecError, match="a link out of"):
+        jobs.stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")
+
+
+def test_a_file_named_like_a_glob_is_that_file(spec, corpora, tmp_path):
+    import shutil
+
+    literal = tmp_path / "pairs[1].jsonl"
+    shutil.copyfile(corpora["colors"], literal)
+    (tmp_path / "pairs1.jsonl").write_text("")  # what the glob pairs[1].jsonl would match
+    raw = spec.model_dump(mode="json")
+    raw["data"]["sources"]["colors"]["path"] = str(literal)
+    (tmp_path / "job").mkdir()
+    staged = jobs.stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")
+    shipped = tmp_path / "job" / staged.spec.data.sources["colors"].path
+    assert shipped.name == "pairs[1].jsonl" and shipped.read_bytes() == literal.read_bytes()
 
 
 @pytest.mark.parametrize(
