@@ -605,7 +605,7 @@ class ScalingSpec(_Section):
 
 
 #: An evaluation metric name: ``ndcg@10``, or ``dim64/ndcg@10`` for embeddings cut to 64 dims.
-METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy)@\d+")
+METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy)@(\d+)")
 #: A metric of a named held-out set (``data.eval_sets``): ``refutes/accuracy``.
 SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+(?:@\d+)?)")
 
@@ -926,6 +926,10 @@ class ExperimentSpec(_Section):
         if chaos and self.scaling.max_failures == 0:
             problems.append("testing: a killed worker needs scaling.max_failures >= 1 to recover")
         guard = self.eval.guard
+        if guard and (found := METRIC_NAME.fullmatch(guard.metric)):
+            problems.append(
+                self._cutoff_problem("eval.guard.metric", guard.metric, found[2], int(found[3]))
+            )
         if guard and (guard.name in self.data.eval_sets or re.fullmatch(r"dim\d+", guard.name)):
             problems.append(
                 f"eval.guard.name: {guard.name!r} is taken (data.eval_sets or dim<N>): "
@@ -944,6 +948,15 @@ class ExperimentSpec(_Section):
             raise ValueError(_CROSS_FIELD + "\n".join(problems))
         return self
 
+    def _cutoff_problem(self, field: str, name: str, kind: str, k: int) -> str | None:
+        """The retrieval evaluator reports map@100 and the others at eval.k_values (and 10)."""
+        if kind == "map":
+            return None if k == 100 else f"{field}: {name!r}: MAP is reported at 100 only"
+        cutoffs = sorted({*self.eval.k_values, 10})
+        if k not in cutoffs:
+            return f"{field}: {name!r}: {kind} is reported at {cutoffs} (eval.k_values)"
+        return None
+
     def metric_problem(self, field: str, name: str) -> str | None:
         """Why ``name`` is not a metric this spec's evaluation produces, or None."""
         if match := METRIC_NAME.fullmatch(name):
@@ -952,14 +965,14 @@ class ExperimentSpec(_Section):
                 return f"{field}: {name!r} needs data.eval (a retrieval set); or name {sets}"
             if match[1] and int(match[1]) not in self.eval.matryoshka_dims:
                 return f"{field}: {name!r} needs {match[1]} in eval.matryoshka_dims"
-            return None
+            return self._cutoff_problem(field, name, match[2], int(match[3]))
         if match := SET_METRIC_NAME.fullmatch(name):
             held_out = self.data.eval_sets.get(match[1])
             if held_out is None:
                 return f"{field}: {name!r}: no set {match[1]!r} in data.eval_sets"
             if isinstance(held_out, RetrievalEvalSet):
-                if METRIC_NAME.fullmatch(match[2]) and not match[2].startswith("dim"):
-                    return None
+                if (found := METRIC_NAME.fullmatch(match[2])) and not found[1]:
+                    return self._cutoff_problem(field, name, found[2], int(found[3]))
                 return f"{field}: a retrieval set reports metrics like '{match[1]}/ndcg@10'"
             if match[2] not in held_out.metrics:
                 return f"{field}: a {held_out.kind} set reports {', '.join(held_out.metrics)}"

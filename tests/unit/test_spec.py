@@ -157,6 +157,11 @@ BAD_SPECS = [
     ),
     pytest.param({"name": "x" * 101}, "name", "at most 100 characters", id="long-name"),
     pytest.param({"name": "a/../b"}, "name", "should match pattern", id="name-with-slash"),
+    pytest.param({"eval.main_metric": "ndcg@7"}, "eval.main_metric", "eval.k_values", id="k"),
+    pytest.param({"eval.main_metric": "map@10"}, "eval.main_metric", "at 100 only", id="map-k"),
+    pytest.param(
+        {"eval.guard": {**GUARD, "metric": "recall@20"}}, "eval.guard.metric", "k_values", id="gk"
+    ),
     pytest.param({"model.base": ""}, "model.base", "empty", id="empty-base"),
     pytest.param({"data.sources.a.path": " "}, "data.sources.a.path", "empty", id="blank-path"),
     pytest.param({"data.eval.qrels": ""}, "data.eval.qrels", "empty", id="empty-qrels"),
