@@ -904,9 +904,24 @@ class ExperimentSpec(_Section):
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentSpec:
         problems = []
+        batch = self.train.batch_size
         for name, source in self.data.sources.items():
             if problem := self.loss.column_problem(source.columns):
                 problems.append(f"data.sources.{name}.columns: {problem}")
+            if source.max_rows is not None and source.max_rows < batch:
+                problems.append(
+                    f"data.sources.{name}.max_rows: {source.max_rows} rows cannot fill one "
+                    f"global batch of {batch} (train.batch_size); each step draws from one source"
+                )
+        contrastive = isinstance(self.loss, InfoNCELoss)
+        gathered = contrastive and self.loss.gather_across_workers
+        pool = batch if gathered else batch // max(self.scaling.num_workers, 1)
+        no_negatives = all(not s.columns.negatives for s in self.data.sources.values())
+        if contrastive and pool < 2 and no_negatives:
+            problems.append(
+                f"train.batch_size: InfoNCE with {pool} pair per softmax and no hard negatives "
+                "has nothing to contrast; use a larger batch (or gather across workers)"
+            )
         if self.train.batch_size % self.scaling.num_workers:
             problems.append(
                 f"train.batch_size: {self.train.batch_size} is the global batch and must divide "
@@ -920,6 +935,12 @@ class ExperimentSpec(_Section):
             problems.append(
                 "testing.kill_worker_at_step: must come after the first checkpoint "
                 f"(train.checkpoint_every={self.train.checkpoint_every}), or nothing can resume"
+            )
+        last = self.train.max_steps
+        if chaos and last is not None and chaos.kill_worker_at_step > last:
+            problems.append(
+                f"testing.kill_worker_at_step: step {chaos.kill_worker_at_step} comes after the "
+                f"last step (train.max_steps={last}): nothing would be killed"
             )
         if chaos and chaos.kill_rank >= self.scaling.num_workers:
             problems.append(f"testing.kill_rank: no rank {chaos.kill_rank} among the workers")

@@ -133,6 +133,7 @@ def test_anchors_with_too_few_negatives_are_dropped_and_counted(
     ray_cluster, tiny_model, corpora, tmp_path
 ):
     raw = _spec(tiny_model, corpora, tmp_path, max_rows=6)
+    raw["train"]["batch_size"] = 4  # a spec that could still train on its 6 rows
     _, report, rows = _mine(raw, tmp_path / "few.jsonl", k=8, candidates=10)
     c = report.counts
     assert rows == [] and c.kept == 0 and c.corpus <= 6

@@ -162,6 +162,19 @@ BAD_SPECS = [
     pytest.param(
         {"eval.guard": {**GUARD, "metric": "recall@20"}}, "eval.guard.metric", "k_values", id="gk"
     ),
+    pytest.param(
+        {"data.sources.a.max_rows": 8, "train.batch_size": 16},
+        "data.sources.a.max_rows",
+        "cannot fill one global batch of 16",
+        id="max-rows-below-batch",
+    ),
+    pytest.param({"train.batch_size": 1}, "train.batch_size", "nothing to contrast", id="b1"),
+    pytest.param(
+        {"testing": {"kill_worker_at_step": 90}, "train.max_steps": 80, "scaling.max_failures": 1},
+        "testing.kill_worker_at_step",
+        "comes after the last step",
+        id="chaos-after-end",
+    ),
     pytest.param({"model.base": ""}, "model.base", "empty", id="empty-base"),
     pytest.param({"data.sources.a.path": " "}, "data.sources.a.path", "empty", id="blank-path"),
     pytest.param({"data.eval.qrels": ""}, "data.eval.qrels", "empty", id="empty-qrels"),
