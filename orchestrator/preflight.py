@@ -54,6 +54,8 @@ def preflight(spec: ExperimentSpec) -> list[str]:
             problems.append(f"{where}: {path} does not exist ({_PREPARE_HINT})")
 
     dim = _check_model(spec.model.base, problems, warnings)
+    if spec.lora and dim is not None:
+        problems.extend(lora_target_problems(spec))
     guide = getattr(spec.loss, "guide", None)
     if guide is not None and guide.model != "base":
         _check_model(guide.model, problems, warnings, field="loss.guide.model")
@@ -93,6 +95,38 @@ def _check_model(
             f"({', '.join(KNOWN_MODELS)}) nor a Hub id like 'org/name'"
         )
     return None
+
+
+def lora_target_problems(spec: ExperimentSpec) -> list[str]:
+    """``lora.target_modules`` the base model does not have (peft would fail on the cluster).
+
+    The model is built from its config on the meta device: module names, no weights read.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from orchestrator.data.tokenize import transformer_folder
+
+    folder = transformer_folder(resolve_model(spec.model.base, fetch=False))
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+    names = [name for name, _ in model.named_modules() if name]
+    leaves = {name.rsplit(".", 1)[-1] for name in names}
+    missing = [
+        target
+        for target in spec.lora.target_modules
+        if target not in leaves and not any(n.endswith("." + target) for n in names)
+    ]
+    if not missing:
+        return []
+    linear = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
+    return [
+        f"lora.target_modules: {missing} are not modules of {spec.model.base}; its linear "
+        f"layers are {linear}"
+    ]
 
 
 def temperature_warnings(spec: ExperimentSpec) -> list[str]:

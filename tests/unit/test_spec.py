@@ -566,3 +566,13 @@ def test_no_temperature_warning_without_a_known_trained_temperature():
         "experiments/quickstart.yaml", ["model.base=sre-MiniLM", "loss.temperature=0.5"]
     )
     assert temperature_warnings(other) == []
+
+
+def test_lora_targets_the_base_model_lacks_are_named_with_what_it_has(tiny_spec):
+    raw = changed(tiny_spec, {"lora": {"target_modules": ["q_proj", "value"]}})
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(raw))
+    (problem,) = info.value.problems
+    assert problem.startswith("lora.target_modules: ['q_proj'] are not modules of")
+    assert "'query'" in problem and "'value'" in problem
+    preflight(load_spec(changed(tiny_spec, {"lora": {"target_modules": ["query", "dense"]}})))
