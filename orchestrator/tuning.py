@@ -48,7 +48,14 @@ from orchestrator.runner import (
 )
 from orchestrator.search_space import check_space, trial_spec
 from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
-from orchestrator.storage import Location, arrow_storage, read_text, remove_tree, write_text
+from orchestrator.storage import (
+    Location,
+    arrow_storage,
+    list_keys,
+    read_text,
+    remove_tree,
+    write_text,
+)
 from orchestrator.tune_report import TrialRow, trial_rows, write_report
 
 log = logging.getLogger("orchestrator")
@@ -289,14 +296,40 @@ def tune(
         return _tune_holding(base, candidates, location, fresh)
 
 
+def recorded_trial_runs(base: ExperimentSpec, location: Location) -> list[Location]:
+    """The run folders of the trials an earlier search recorded (Tune's ``params.json``).
+
+    Trials train in ordinary run folders (an identical run or trial is reused), so starting a
+    search over has to delete those too, or its trials would resume from them.
+    """
+    runs = []
+    for key in list_keys(location):
+        if not key.endswith("/params.json"):
+            continue
+        try:
+            params = base.tune.trial_params(json.loads(read_text(location.join(key))))
+            runs.append(run_location(trial_spec(base, params)))
+        except (ValueError, KeyError, TypeError):  # torn, foreign or no longer valid: skip
+            log.warning("--fresh: could not read the trial of %s", location.join(key).uri)
+    return list({run.uri: run for run in runs}.values())
+
+
 def _tune_holding(
     base: ExperimentSpec, candidates: list[ExperimentSpec], location: Location, fresh: bool
 ) -> TuneResult:
     """:func:`tune`, once this driver holds the search folder's lease."""
     started = time.time()
     model_path = resolve_model(base.model.base)
-    if fresh and (removed := remove_tree(location, keep=frozenset({LEASE_FILE}))):
-        log.warning("--fresh: deleted %d file(s) of the earlier search", removed)
+    if fresh:
+        trials = recorded_trial_runs(base, location)  # before the search folder goes
+        removed = remove_tree(location, keep=frozenset({LEASE_FILE}))
+        removed += sum(remove_tree(trial) for trial in trials)
+        if removed:
+            log.warning(
+                "--fresh: deleted %d file(s) of the earlier search and its %d trial run(s)",
+                removed,
+                len(trials),
+            )
     write_text(location.join("spec.yaml"), base.to_yaml())
     ensure_ray()
     # Trials resolve the spec's relative paths against this working directory, as `run`

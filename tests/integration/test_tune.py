@@ -183,3 +183,12 @@ def test_an_optuna_search_samples_and_publishes_its_best(
     assert result.rows[0].metric >= result.rows[1].metric
     finetuned = result.best.summary["finetuned"]["mrr@10"]
     assert finetuned == pytest.approx(result.rows[0].metric, abs=1e-4)
+
+
+def test_fresh_knows_every_trial_run_the_search_recorded(search):
+    """What ``tune --fresh`` deletes besides the search folder: each trial's run folder."""
+    from orchestrator.tuning import recorded_trial_runs, tune_location
+
+    base, _, _, result = search
+    runs = recorded_trial_runs(base, tune_location(base))
+    assert sorted(Path(run.uri).name for run in runs) == sorted(r.run_id for r in result.rows)
