@@ -17,6 +17,7 @@ import resource
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import suppress
 from functools import partial
@@ -47,6 +48,8 @@ from orchestrator.modeling import (
 )
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import Location, publish
+
+log = logging.getLogger("orchestrator")
 
 
 class PairEncoder(torch.nn.Module):
@@ -184,6 +187,57 @@ def _quiet_report_lines() -> None:
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def schedule_of(spec: ExperimentSpec, total_steps: int) -> dict[str, Any]:
+    """The learning-rate settings a checkpoint records, to tell a changed schedule on resume."""
+    train = spec.train
+    return {
+        "lr": train.lr,
+        "schedule": train.schedule,
+        "warmup_ratio": train.warmup_ratio,
+        "total_steps": total_steps,
+    }
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: ExperimentSpec, total_steps: int):
+    return get_scheduler(
+        spec.train.schedule,
+        optimizer,
+        num_warmup_steps=int(spec.train.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+
+def restore_schedule(optimizer, scheduler, state, meta, spec, total_steps: int, rank: int = 0):
+    """The scheduler to continue with after loading a checkpoint; says what changed.
+
+    Same settings as the checkpoint's: its scheduler state, exactly where it stopped. Changed
+    ones (``--resume-from`` with another lr, schedule, warm-up or length): the weights,
+    optimizer moments and data positions are kept, and the spec's schedule applies from the
+    checkpoint's step on, as if it had been the schedule from step 0.
+    """
+    before, now = meta.get("schedule"), schedule_of(spec, total_steps)
+    if before is None or before == now:
+        scheduler.load_state_dict(state["scheduler"])
+        return scheduler
+    changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = spec.train.lr
+    fresh = build_scheduler(optimizer, spec, total_steps)
+    with warnings.catch_warnings():  # a fast-forward: no optimizer step is skipped
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(meta["step"]):
+            fresh.step()
+    if rank == 0:
+        log.warning(
+            "resuming at step %d with a changed schedule (%s): keeping the weights, optimizer "
+            "moments and data positions; the spec's schedule applies from here (lr now %.3g)",
+            meta["step"],
+            changed,
+            fresh.get_last_lr()[0],
+        )
+    return fresh
+
+
 def load_guide(spec: ExperimentSpec, base_path: str, device: torch.device):
     """The frozen ``loss.guide`` model (None without one): the base as trained, or a named one."""
     guide = getattr(spec.loss, "guide", None)
@@ -223,12 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         parallel_strategy_kwargs={"find_unused_parameters": True},
     )
     optimizer = build_optimizer(model, spec)
-    scheduler = get_scheduler(
-        spec.train.schedule,
-        optimizer,
-        num_warmup_steps=int(spec.train.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    scheduler = build_scheduler(optimizer, spec, total_steps)
     loss_fn = build_loss(spec.loss, model, world, load_guide(spec, config["model_path"], device))
 
     storage = Location.of(spec.storage)
@@ -238,10 +287,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if state is not None:
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        step = meta["step"]
+        scheduler = restore_schedule(optimizer, scheduler, state, meta, spec, total_steps, rank)
         # One RNG state per rank: dropout draws differ with each rank's batch shapes.
         torch.set_rng_state(state["rng"][rank])
-        step = meta["step"]
     resumed_from_step = step
     restores = meta.get("restores", 0) + (restored is not None)
     digest = (meta.get("stream_digests") or [""] * world)[rank]
@@ -341,7 +390,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({f"eval/{k}": v for k, v in figures.items()})
             model.train()
         save = rng_states if checkpoint_now and rank == 0 else None
-        _report(metrics, save, model, optimizer, scheduler, mixed, storage)
+        schedule = schedule_of(spec, total_steps)
+        _report(metrics, save, model, optimizer, scheduler, mixed, storage, schedule)
         running_loss.zero_()
         window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, None
         window_start, data_wait = time.perf_counter(), 0.0
@@ -373,7 +423,9 @@ def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _report(metrics, rng_states, model, optimizer, scheduler, mixed, storage: Location) -> None:
+def _report(
+    metrics, rng_states, model, optimizer, scheduler, mixed, storage: Location, schedule: dict
+) -> None:
     """Report on every rank (Ray Train's barrier); rank 0 attaches the resume state."""
     if rng_states is None:
         ray.train.report(metrics)
@@ -390,6 +442,7 @@ def _report(metrics, rng_states, model, optimizer, scheduler, mixed, storage: Lo
         )
         meta = {
             "step": metrics["step"],
+            "schedule": schedule,
             "pairs_seen": metrics["pairs_seen"],
             "negatives_per_query": metrics["negatives_per_query"],
             "positions": mixed.positions(),
