@@ -40,7 +40,7 @@ log = logging.getLogger("orchestrator")
 
 def _read_jsonl(path: str) -> dict[str, str]:
     out = {}
-    with open(path) as f:
+    with Path(path).expanduser().open() as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 try:
@@ -57,7 +57,7 @@ def load_retrieval_set(held_out: RetrievalEvalSpec, seed: int = 0):
     """Queries, corpus and relevance judgments of a retrieval set (queries capped if asked)."""
     corpus, queries = _read_jsonl(held_out.corpus), _read_jsonl(held_out.queries)
     relevant: dict[str, set[str]] = {}
-    with open(held_out.qrels) as f:
+    with Path(held_out.qrels).expanduser().open() as f:
         for row in csv.DictReader(f, delimiter="\t"):
             if float(row.get("score", 1)) > 0:
                 relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
@@ -170,7 +170,7 @@ def read_eval_set(name: str, held_out: EvalSet, on_bad_rows: str = "skip") -> di
     ``on_bad_rows: fail``, an error, exactly like training rows.
     """
     mapping = canonical_columns(held_out.columns)
-    path = Path(held_out.path)
+    path = Path(held_out.path).expanduser()
     rows: dict[str, list[Any]] = {column: [] for column in mapping}
     bad: list[str] = []
     for number, record, problem in parse_records(path.read_bytes(), held_out.file_format):

@@ -12,18 +12,55 @@ import logging
 from pathlib import Path
 
 from orchestrator.assets import KNOWN_MODELS, SPEC_PREFIX, resolve_model
+from orchestrator.data.files import EXTENSIONS, format_files
 from orchestrator.spec import ExperimentSpec, SpecError
 
 log = logging.getLogger("orchestrator")
 _PREPARE_HINT = "run `python -m orchestrator prepare` to fetch the offline data and models"
 
 
-def _exists(path: str) -> bool:
-    if "://" in path:  # remote objects are checked by the reader on the cluster
-        return True
-    if any(ch in path for ch in "*?["):
-        return bool(glob.glob(path, recursive=True))
-    return Path(path).exists()
+#: What the first bytes of each format look like (JSON Lines: an object per line).
+_SNIFF = {
+    "jsonl": lambda head: head.lstrip()[:1] in (b"{", b""),
+    "parquet": lambda head: head[:4] == b"PAR1",
+}
+
+
+def _path_problem(where: str, path: str, fmt: str, folder_ok: bool) -> str | None:
+    """Why a spec's input path cannot be read as ``fmt``, or None.
+
+    Remote paths must be ``s3://`` (checked by the reader on the cluster); local ones exist
+    (``~`` expanded, a file named like a glob is that file), a folder or glob holds files of
+    the format, and a file's first bytes look like its format.
+    """
+    if "://" in path:
+        if path.startswith("s3://"):
+            return None
+        return f"{where}: {path}: the readers take local paths and s3:// URIs (lower case) only"
+    local = Path(path).expanduser()
+    if local.is_dir() and not folder_ok:
+        return f"{where}: {path} is a folder; name the file"
+    if local.exists():
+        files = format_files(local, fmt)
+    elif any(ch in path for ch in "*?["):
+        files = [
+            Path(m) for m in sorted(glob.glob(str(local), recursive=True)) if Path(m).is_file()
+        ]
+    else:
+        return f"{where}: {path} does not exist ({_PREPARE_HINT})"
+    if not files:
+        return f"{where}: {path} holds no {fmt} files ({', '.join(EXTENSIONS[fmt])})"
+    sniff = _SNIFF.get(fmt)
+    with files[0].open("rb") as f:
+        head = f.read(512)
+    if sniff and not sniff(head):
+        return f"{where}: {files[0]} does not look like {fmt} (it starts {head[:16]!r})"
+    return None
+
+
+def _held_out_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    return {".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
 
 
 def embedding_dim(model_path: str) -> int | None:
@@ -45,13 +82,12 @@ def preflight(spec: ExperimentSpec) -> list[str]:
     """Raise :class:`SpecError` for problems that would fail a run; log and return warnings."""
     problems, warnings = [], []
     for name, source in spec.data.sources.items():
-        if not _exists(source.path):
-            problems.append(
-                f"data.sources.{name}.path: {source.path} does not exist ({_PREPARE_HINT})"
-            )
+        where = f"data.sources.{name}.path"
+        problems.append(_path_problem(where, source.path, source.format, folder_ok=True))
     for where, path in spec.held_out_files().items():
-        if not _exists(path):
-            problems.append(f"{where}: {path} does not exist ({_PREPARE_HINT})")
+        fmt = "csv" if where.endswith("qrels") else _held_out_format(path)
+        problems.append(_path_problem(where, path, fmt, folder_ok=False))
+    problems = [p for p in problems if p]
 
     dim = _check_model(spec.model.base, problems, warnings)
     if spec.lora and dim is not None:
@@ -89,6 +125,8 @@ def _check_model(
     elif base in KNOWN_MODELS:
         warnings.append(f"{field}: {base} is not downloaded yet; `run` fetches it")
         return KNOWN_MODELS[base].dim
+    elif base.startswith(("/", "./", "../", "~")):
+        problems.append(f"{field}: {base} does not exist")
     elif "/" not in base:
         problems.append(
             f"{field}: {base!r} is neither a folder, a known offline model "

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
+from orchestrator.data.files import EXTENSIONS, format_files
 from orchestrator.data.order import ROW_ID, row_ids
 from orchestrator.errors import BadRowsError
 from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from orchestrator.spec import ColumnMap, DataSpec, Source
 
 FILE, LINE, PROBLEM = "_file", "_line", "_problem"
-EXTENSIONS = {"jsonl": ["jsonl", "json"], "parquet": ["parquet"], "csv": ["csv", "tsv"]}
 BLOCK_ROWS = 8192
 REPORTED_EXAMPLES = 5
 Parsed = tuple[int, Any, str | None]
@@ -175,20 +175,17 @@ class SourceReport:
 
 
 def resolve_paths(path: str) -> list[str]:
-    """A local file, folder or glob → absolute paths for Ray Data."""
-    if any(ch in path for ch in "*?["):
-        matches = sorted(glob.glob(path, recursive=True))
+    """A local file, folder or glob (``~`` expanded) → absolute paths for Ray Data.
+
+    A file that exists is that file, even when its name has glob characters (``a[1].jsonl``).
+    """
+    local = Path(path).expanduser()
+    if not local.exists() and any(ch in path for ch in "*?["):
+        matches = sorted(glob.glob(str(local), recursive=True))
         if not matches:
             raise FileNotFoundError(f"no files match {path}")
         return [str(Path(m).resolve()) for m in matches]
-    return [str(Path(path).resolve())]
-
-
-def _files(path: Path, extensions: list[str]) -> list[Path]:
-    """A file, or a folder's files with the format's extensions (as Ray Data reads them)."""
-    if not path.is_dir():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix[1:] in extensions)
+    return [str(local.resolve())]
 
 
 def local_rows(source: Source) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
@@ -199,7 +196,7 @@ def local_rows(source: Source) -> Iterator[tuple[dict[str, Any] | None, str | No
     mapping = canonical_columns(source.columns)
     delimiter = getattr(source, "delimiter", ",")
     for path in resolve_paths(source.path):
-        for file in _files(Path(path), EXTENSIONS[source.format]):
+        for file in format_files(Path(path), source.format):
             for number, record, problem in parse_records(
                 file.read_bytes(), source.format, delimiter
             ):

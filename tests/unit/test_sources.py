@@ -111,6 +111,7 @@ def data_spec(sources: dict, loss: str = "infonce", **fields) -> DataSpec:
             **fields,
         },
         "loss": {"kind": loss},
+        "train": {"batch_size": 4},  # small test files still fill a batch
     }
     return parse_spec(raw).data
 
@@ -256,7 +257,7 @@ def test_parquet_non_text_column_is_reported(tmp_path):
 def test_max_rows_limits_clean_rows(tmp_path):
     path = tmp_path / "many.jsonl"
     path.write_text("".join(json.dumps(qa(i)) + "\n" for i in range(20)))
-    dataset, report = read_source("s", source(path, columns=QA_COLUMNS, max_rows=5))
+    dataset, report = read_source("s", source(path, columns=QA_COLUMNS, max_rows=5))  # >= 4
     assert report.rows == 5 and dataset.count() == 5
 
 

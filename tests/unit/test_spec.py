@@ -576,3 +576,44 @@ def test_lora_targets_the_base_model_lacks_are_named_with_what_it_has(tiny_spec)
     assert problem.startswith("lora.target_modules: ['q_proj'] are not modules of")
     assert "'query'" in problem and "'value'" in problem
     preflight(load_spec(changed(tiny_spec, {"lora": {"target_modules": ["query", "dense"]}})))
+
+
+def file_problems(raw) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        preflight(load_spec(raw))
+    return info.value.problems
+
+
+def test_file_checks_name_what_cannot_be_read(tiny_spec, tmp_path):
+    csv_as_jsonl = tmp_path / "pairs.jsonl"
+    csv_as_jsonl.write_text("question,answer\nwhat,that\n")
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    (empty_folder / "notes.txt").write_text("no corpus here")
+    cases = {
+        "data.sources.colors.path": (str(csv_as_jsonl), "does not look like jsonl"),
+        "data.sources.more.path": (str(empty_folder), "holds no jsonl files"),
+        "data.eval.qrels": (str(tmp_path), "is a folder; name the file"),
+        "data.eval.corpus": ("https://example.com/c.jsonl", "s3:// URIs (lower case) only"),
+        "data.eval.queries": ("S3://bucket/q.jsonl", "s3:// URIs (lower case) only"),
+        "model.base": ("/nowhere/model", "/nowhere/model does not exist"),
+    }
+    raw = changed(tiny_spec, {field: value for field, (value, _) in cases.items()})
+    problems = file_problems(raw)
+    for field, (_, message) in cases.items():
+        assert any(p.startswith(f"{field}:") and message in p for p in problems), (field, problems)
+
+
+def test_a_home_path_and_a_file_named_like_a_glob_are_read_as_such(
+    tiny_spec, tmp_path, monkeypatch
+):
+    import shutil
+
+    from orchestrator.data.sources import resolve_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    literal = tmp_path / "pairs[1].jsonl"
+    shutil.copyfile(tiny_spec["data"]["sources"]["colors"]["path"], literal)
+    raw = changed(tiny_spec, {"data.sources.colors.path": "~/pairs[1].jsonl"})
+    assert preflight(load_spec(raw)) == []
+    assert resolve_paths("~/pairs[1].jsonl") == [str(literal)]
