@@ -58,6 +58,7 @@ def submit(
     address: str | None = None,
     command: str | None = None,
     env: dict[str, str] | None = None,
+    insecure_token: bool = False,
 ):
     """Check ``spec`` here, run it on the Ray cluster at ``address``; a ``JobHandle``.
 
@@ -66,7 +67,7 @@ def submit(
     """
     from orchestrator.jobs import submit as _submit
 
-    return _submit(spec, overrides, address, command, env)
+    return _submit(spec, overrides, address, command, env, insecure_token)
 
 
 def evaluate(model_path: str, spec) -> dict[str, float]:

@@ -107,7 +107,9 @@ def _submit(args: argparse.Namespace) -> int:
         print(line)
     command = "tune" if args.tune else "run" if args.run else None
     env = dict(item.split("=", 1) for item in args.env)
-    handle = submit(spec, address=args.address, command=command, env=env)
+    handle = submit(
+        spec, address=args.address, command=command, env=env, insecure_token=args.insecure_token
+    )
     size = handle.submission.shipped_bytes / 2**20
     print(f"submitted job {handle.job_id} ({size:.1f} MiB of inputs shipped)")
     print(f"dashboard: {handle.dashboard_url}")
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="submit one run even if tune: is set")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="no secrets")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p.add_argument(
+        "--insecure-token",
+        action="store_true",
+        help="send Ray's auth token over plain http to a non-loopback address",
+    )
     p = _spec_command(sub, "mine", "mine hard negatives for one source with the base model")
     p.add_argument("--source", required=True, help="the data.sources entry to mine for")
     p.add_argument("--out", required=True, help="JSONL to write (+ .provenance.json)")

@@ -74,6 +74,21 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def check_token_transport(address: str, insecure_token: bool = False) -> None:
+    """Ray's auth token goes to loopback or over https, unless the caller says otherwise."""
+    sends_token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    plain = address.startswith("http://") or "://" not in address
+    if sends_token and plain and not is_loopback(address) and not insecure_token:
+        raise SpecError(
+            [
+                f"--address {address}: RAY_AUTH_MODE=token would send the cluster's token in "
+                "clear text; use https, an SSH tunnel to 127.0.0.1 (`ray dashboard "
+                "cluster.yaml`), or --insecure-token if this network is trusted"
+            ],
+            "submission",
+        )
+
+
 def check_env(env: dict[str, str]) -> None:
     """Refuse variables that look like secrets: a runtime environment is not a secret store."""
     problems = [
@@ -291,11 +306,13 @@ def submit(
     address: str | None = None,
     command: str | None = None,
     env: dict[str, str] | None = None,
+    insecure_token: bool = False,
 ) -> JobHandle:
     """Validate ``spec`` here, then run it on the cluster at ``address`` as a Ray job.
 
     ``command`` is ``run`` or ``tune`` (default: ``tune`` when the spec has a ``tune``
     section). ``env`` adds non-secret environment variables for the job.
+    ``insecure_token`` allows sending Ray's auth token over plain http to another host.
     """
     spec = orchestrator.validate(spec, overrides)
     command = command or ("tune" if spec.tune else "run")
@@ -304,6 +321,7 @@ def submit(
     if command == "tune" and not spec.tune:
         raise SpecError(["tune: a search needs a tune section"], f"spec {spec.name!r}")
     address = address or default_address()
+    check_token_transport(address, insecure_token)
     if "://" not in spec.storage.uri and not is_loopback(address):
         log.warning(
             "storage.uri %s is a local folder: the outputs stay on the cluster node that runs "

@@ -143,3 +143,22 @@ def test_named_held_out_sets_are_shipped(spec, corpora, tmp_path):
     shipped = submission.spec.data.eval_sets["refutes"].path
     assert shipped == "inputs/eval_sets/refutes/path/colors.jsonl"
     assert (folder / shipped).is_file()
+
+
+@pytest.mark.parametrize(
+    ("address", "mode", "flag", "refused"),
+    [
+        ("http://10.0.0.5:8265", "token", False, True),
+        ("http://10.0.0.5:8265", "token", True, False),
+        ("https://ray.example.com", "token", False, False),
+        ("http://127.0.0.1:8265", "token", False, False),
+        ("http://10.0.0.5:8265", "", False, False),  # no token to send
+    ],
+)
+def test_the_ray_token_goes_over_http_only_to_loopback(monkeypatch, address, mode, flag, refused):
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    if refused:
+        with pytest.raises(SpecError, match="would send the cluster's token in clear text"):
+            jobs.check_token_transport(address, flag)
+    else:
+        jobs.check_token_transport(address, flag)
