@@ -144,7 +144,7 @@ def seeded_runs(
     from orchestrator import run
     from orchestrator.assets import resolve_model
     from orchestrator.evaluation import evaluate_split
-    from orchestrator.finalize import pick_alpha
+    from orchestrator.finalize import guard_drop_of, pick_alpha
     from orchestrator.modeling import interpolated, load_encoder
     from orchestrator.spec import load_spec
     from orchestrator.verdict import guard_verdict, verdict
@@ -154,7 +154,7 @@ def seeded_runs(
     base_model = load_encoder(resolve_model(spec.model.base), spec.model).eval()
     base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
     base = evaluate_split(base_model, spec, "test")
-    base_validation = evaluate_split(base_model, spec, "validation").metrics
+    base_validation = evaluate_split(base_model, spec, "validation")
     rows = []
     for seed in seeds:
         raw = spec.model_dump(mode="json", exclude={"merge"})
@@ -166,20 +166,20 @@ def seeded_runs(
         for alpha in alphas:
             tuned_model.load_state_dict(interpolated(base_state, tuned_state, alpha))
             figures = evaluate_split(tuned_model, spec, "test")
-            validation = evaluate_split(tuned_model, spec, "validation").metrics
+            validation = evaluate_split(tuned_model, spec, "validation")
             judged = verdict(main, base, figures)
             record = {
                 "seed": seed,
                 "alpha": alpha,
                 "verdict": judged,
-                "validation": {main: validation[main]},
+                "validation": {main: validation.metrics[main]},
                 "steps": result.summary["steps"],
                 "train_s": result.summary["timings_s"]["train"],
             }
             if guard:
                 record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
-                drop = base_validation[guard.metric_key] - validation[guard.metric_key]
-                record["validation"]["guard_drop"] = drop
+                drop = guard_drop_of(base_validation, validation, guard.metric_key)
+                record["validation"].update(drop)
             if domains := domain_deltas(spec, main, base, figures):
                 record["domains"] = domains
             seed_rows.append(record)

@@ -55,6 +55,12 @@ def paired_interval(
     return float(low), float(high)
 
 
+def standard_error(base: np.ndarray, tuned: np.ndarray) -> float:
+    """The standard error of mean(tuned - base) over aligned items."""
+    differences = np.asarray(tuned, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    return float(differences.std(ddof=1) / np.sqrt(len(differences)))
+
+
 def outcome_of(interval: tuple[float, float] | None, delta: float) -> Outcome:
     """improved / worse when the interval excludes 0; without an interval, by the sign."""
     low, high = interval if interval is not None else (delta, delta)

@@ -230,12 +230,17 @@ def test_the_guard_is_evaluated_on_its_own_and_named(tiny_spec, tiny_model, corp
 def test_the_merge_weight_is_the_best_one_that_keeps_the_guard():
     from orchestrator.finalize import pick_alpha
 
-    def rows(*figures):
-        return [{"alpha": a, "ndcg@10": m, "guard_drop": d} for a, m, d in figures]
+    def rows(*figures, se=0.0):
+        return [
+            {"alpha": a, "ndcg@10": m, "guard_drop": d, "guard_drop_se": se} for a, m, d in figures
+        ]
 
     both = rows((1.0, 0.86, 0.02), (0.5, 0.85, 0.004), (0.3, 0.84, 0.0))
     assert pick_alpha(both, "ndcg@10", 0.005)["alpha"] == 0.5  # 1.0 forgets, 0.5 beats 0.3
     assert pick_alpha(both, "ndcg@10", 0.05)["alpha"] == 1.0
+    # one standard error of margin: 0.004 + 0.002 is beyond the tolerance, 0.0 + 0.002 is not
+    near = rows((0.5, 0.85, 0.004), (0.3, 0.84, 0.0), se=0.002)
+    assert pick_alpha(near, "ndcg@10", 0.005)["alpha"] == 0.3
     none_kept = rows((1.0, 0.86, 0.03), (0.5, 0.85, 0.01))
     assert pick_alpha(none_kept, "ndcg@10", 0.005)["alpha"] == 0.5  # forgets least
 
@@ -274,6 +279,7 @@ def test_merge_weights_are_tried_on_validation_and_the_chosen_one_is_written(
     for row in merge["alphas"]:
         expected = merge["base"]["general/ndcg@10"] - row["general/ndcg@10"]
         assert row["guard_drop"] == pytest.approx(expected)
+        assert 0 < row["guard_drop_se"] < 1  # from the per-query values of the guard
     assert merge["chosen"] == pick_alpha(merge["alphas"], "ndcg@10", 0.005)["alpha"]
     # The folder now holds base + chosen * (tuned - base).
     base = SentenceTransformer(tiny_model, device="cpu").state_dict()
