@@ -1,7 +1,7 @@
 """A real search on the local Ray: interrupted with Ctrl-C, continued, ASHA, table, best model.
 
 The learning rates make the outcome predictable: the first trial (lr 1e-2) learns, the
-trial with a vanishing lr stays at the baseline, so ASHA stops it at its first rung.
+trials with a vanishing lr stay at the baseline, so ASHA stops them at its first rung.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 
 pytestmark = pytest.mark.integration
 
-LEARNING_RATES = [1e-2, 1e-7, 3e-3]
+LEARNING_RATES = [1e-2, 1e-7, 3e-3, 1e-8]
 
 
 def search_spec(tiny_model, corpora, root: Path) -> dict:
@@ -111,7 +111,7 @@ def test_asha_stops_trials_that_trail_at_an_evaluation(search):
     assert stopped, [(r.params, r.status, r.history) for r in result.rows]
     for row in stopped:
         assert row.steps < 8 and row.history[-1][0] == row.steps
-    assert {row.params["train.lr"] for row in stopped} == {1e-7}
+    assert {row.params["train.lr"] for row in stopped} <= {1e-7, 1e-8}
 
 
 def test_the_results_table_is_sorted_and_complete(search):
@@ -120,7 +120,7 @@ def test_the_results_table_is_sorted_and_complete(search):
     rows = list(csv.DictReader((folder / "results.csv").open()))
     assert rows[0]["trial"] == "baseline"
     trials = rows[1:]
-    assert len(trials) == len(LEARNING_RATES)
+    assert len(trials) == 4
     assert [r["trial"] for r in trials] == [r.trial for r in result.rows]
     finished = [float(r["ndcg@10"]) for r in trials if r["status"] == "completed"]
     assert finished == sorted(finished, reverse=True)
