@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orchestrator.assets import KNOWN_MODELS, SPEC_PREFIX, resolve_model
 from orchestrator.data.files import EXTENSIONS, format_files
-from orchestrator.spec import ExperimentSpec, SpecError
+from orchestrator.spec import ExperimentSpec, SpecError, format_by_suffix
 
 log = logging.getLogger("orchestrator")
 _PREPARE_HINT = "run `python -m orchestrator prepare` to fetch the offline data and models"
@@ -58,11 +58,6 @@ def _path_problem(where: str, path: str, fmt: str, folder_ok: bool) -> str | Non
     return None
 
 
-def _held_out_format(path: str) -> str:
-    suffix = Path(path).suffix.lower()
-    return {".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
-
-
 def embedding_dim(model_path: str) -> int | None:
     """The output width of a local model folder, or None if it cannot be told without loading."""
     folder = Path(model_path)
@@ -85,7 +80,7 @@ def preflight(spec: ExperimentSpec) -> list[str]:
         where = f"data.sources.{name}.path"
         problems.append(_path_problem(where, source.path, source.format, folder_ok=True))
     for where, path in spec.held_out_files().items():
-        fmt = "csv" if where.endswith("qrels") else _held_out_format(path)
+        fmt = "csv" if where.endswith("qrels") else format_by_suffix(path)
         problems.append(_path_problem(where, path, fmt, folder_ok=False))
     problems = [p for p in problems if p]
 

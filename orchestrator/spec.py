@@ -215,6 +215,12 @@ class RetrievalEvalSpec(_Section):
         return {key: getattr(self, key) for key in ("corpus", "queries", "qrels")}
 
 
+def format_by_suffix(path: str) -> str:
+    """The row format a held-out file is read as: by its suffix, JSON Lines by default."""
+    suffix = Path(path).suffix.lower()
+    return {".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
+
+
 class _PairEvalSet(_Section):
     """A held-out file of rows like the training rows: JSONL, CSV or Parquet (by its suffix)."""
 
@@ -239,8 +245,7 @@ class _PairEvalSet(_Section):
 
     @property
     def file_format(self) -> str:
-        suffix = Path(self.path).suffix.lower()
-        return {".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
+        return format_by_suffix(self.path)
 
     def local_files(self) -> dict[str, str]:
         return {"path": self.path}
