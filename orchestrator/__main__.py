@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import NoReturn
 
 from orchestrator.errors import (
     BadRowsError,
@@ -108,7 +109,13 @@ def _submit(args: argparse.Namespace) -> int:
     command = "tune" if args.tune else "run" if args.run else None
     env = dict(item.split("=", 1) for item in args.env)
     handle = submit(
-        spec, address=args.address, command=command, env=env, insecure_token=args.insecure_token
+        args.spec,  # the file: its folder is one that inputs may come from
+        args.overrides,
+        address=args.address,
+        command=command,
+        env=env,
+        insecure_token=args.insecure_token,
+        allow_outside_inputs=args.allow_outside_inputs,
     )
     size = handle.submission.shipped_bytes / 2**20
     print(f"submitted job {handle.job_id} ({size:.1f} MiB of inputs shipped)")
@@ -129,8 +136,19 @@ def _spec_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status of a command line that could not be understood (sysexits' EX_USAGE); a spec
+#: or other input that is invalid exits with 2, so scripts can tell the two apart.
+USAGE_ERROR = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: usage error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    parser = _Parser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = _spec_command(sub, "validate", "check a spec and the files it names; no Ray")
     p.add_argument("--no-files", action="store_true", help="skip checks of paths and model")
@@ -157,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         "--insecure-token",
         action="store_true",
         help="send Ray's auth token over plain http to a non-loopback address",
+    )
+    p.add_argument(
+        "--allow-outside-inputs",
+        action="store_true",
+        help="ship local inputs from outside the working directory and the spec's folder",
     )
     p = _spec_command(sub, "mine", "mine hard negatives for one source with the base model")
     p.add_argument("--source", required=True, help="the data.sources entry to mine for")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.train import Checkpoint
 
-from orchestrator.storage import Location, arrow_storage, list_keys, read_text
+from orchestrator.storage import MANIFEST, Location, arrow_storage, list_keys, read_text
 
 #: ``torch.save`` of the trainable weights, optimizer, scheduler and each rank's RNG state.
 STATE_FILE = "state.pt"
@@ -36,14 +36,42 @@ def checkpoint_step(checkpoint: Location) -> int:
 
 
 def latest_checkpoint(run: Location) -> tuple[Location, dict[str, Any]] | None:
-    """The newest checkpoint in a run folder (the one Ray Train resumes from) and its meta."""
+    """The newest complete checkpoint in a run folder and its meta.
+
+    Complete means its manifest is there: written last, after every file was stored and
+    verified, so a checkpoint cut off mid-upload is never taken for the latest.
+    """
     folders = [
         run.join(k.rsplit("/", 1)[0])
         for k in list_keys(run)
-        if k.startswith("checkpoint_") and k.endswith(META_FILE)
+        if k.startswith("checkpoint_") and k.endswith(f"/{MANIFEST}")
     ]
     found = [(folder, checkpoint_meta(folder)) for folder in folders]
     return max(found, key=lambda item: item[1]["step"], default=None)
+
+
+def older_checkpoints(checkpoint: Checkpoint) -> list[Checkpoint]:
+    """The checkpoints of the same run folder written before ``checkpoint``, newest first.
+
+    Where a resume falls back to when ``checkpoint`` is damaged. Ray Train names checkpoint
+    folders by their time of writing, so names sort in the order they were written.
+    """
+    from pyarrow.fs import FileSelector, FileType
+
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    older = sorted(
+        (
+            info.base_name
+            for info in checkpoint.filesystem.get_file_info(FileSelector(parent))
+            if info.type == FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and info.base_name < name
+        ),
+        reverse=True,
+    )
+    return [
+        Checkpoint(path=f"{parent}/{folder}", filesystem=checkpoint.filesystem) for folder in older
+    ]
 
 
 def latest_step(run: Location) -> int:

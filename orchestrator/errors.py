@@ -11,6 +11,10 @@ class IncompleteUploadError(RuntimeError):
     """A published folder without a manifest, or whose files do not match it."""
 
 
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint whose files do not match its manifest, or whose state is not plain data."""
+
+
 class SearchInterrupted(RuntimeError):
     """A search stopped before all its trials ended; running it again continues it."""
 

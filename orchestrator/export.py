@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.published import without_home
 from orchestrator.spec import ExperimentSpec
 from orchestrator.verdict import headline
 
@@ -28,7 +29,7 @@ def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir:
         model[0].auto_model.save_pretrained(out / "adapter")
     merge_lora(model)
     model.save(str(out))
-    (out / "experiment_spec.yaml").write_text(spec.to_yaml())
+    (out / "experiment_spec.yaml").write_text(spec.published_yaml())
     return str(out)
 
 
@@ -102,7 +103,7 @@ def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: dict[str, A
     """README.md (model card) plus metrics.json next to the exported weights."""
     (model_dir / "metrics.json").write_text(
         json.dumps({k: summary[k] for k in ("baseline", "finetuned", "verdict")}, indent=2)
-    )
+    )  # figures only: no paths
     _, outcome = headline(summary)
     training = "\n".join(_training_lines(spec, summary))
     card = f"""---
@@ -133,4 +134,4 @@ model = SentenceTransformer("path/to/this/folder")
 embeddings = model.encode(["first text", "second text"])
 ```
 """
-    (model_dir / "README.md").write_text(card)
+    (model_dir / "README.md").write_text(without_home(card))

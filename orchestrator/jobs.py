@@ -104,29 +104,42 @@ def check_env(env: dict[str, str]) -> None:
 
 
 def stage(
-    spec: ExperimentSpec, folder: Path, command: str, env: dict[str, str] | None = None
+    spec: ExperimentSpec,
+    folder: Path,
+    command: str,
+    env: dict[str, str] | None = None,
+    *,
+    spec_folder: Path | None = None,
+    allow_outside: bool = False,
 ) -> Submission:
-    """Write the job's working directory into ``folder`` and describe the submission."""
+    """Write the job's working directory into ``folder`` and describe the submission.
+
+    Only files under the working directory or ``spec_folder`` (where the spec file lives)
+    are shipped, unless ``allow_outside``: a spec shared with you cannot make ``submit``
+    carry ``~/.ssh`` or another project's data to a cluster.
+    """
     env = dict(env or {})
     check_env(env)
     raw = spec.model_dump(mode="json")
-    files: list[tuple[Path, str]] = []  # (local file, where it goes in the job folder)
+    roots = None if allow_outside else [Path.cwd(), *([spec_folder] if spec_folder else [])]
+    shipment = _Shipment(roots)
     for name, source in raw["data"]["sources"].items():
-        source["path"] = _plan(source["path"], f"inputs/sources/{name}", files)
+        field = f"data.sources.{name}.path"
+        source["path"] = shipment.plan(source["path"], f"inputs/sources/{name}", field)
     for where, path in spec.held_out_files().items():
         *section, key = where.split(".")  # data.eval.corpus, eval.guard.validation.qrels
         node = raw
         for part in section:
             node = node[part]
-        node[key] = _plan(path, "inputs/" + "/".join([*section[1:], key]), files)
+        node[key] = shipment.plan(path, "inputs/" + "/".join([*section[1:], key]), where)
     base = raw["model"]["base"]
     if base.startswith(SPEC_PREFIX):  # an earlier stage's model: ship the folder itself
         base = resolve_model(base)
     if base not in KNOWN_MODELS and Path(base).expanduser().is_dir():
-        raw["model"]["base"] = _plan(base, "inputs/model", files, as_folder=True)
+        raw["model"]["base"] = shipment.plan(base, "inputs/model", "model.base", as_folder=True)
     if "://" not in raw["storage"]["uri"]:
         raw["storage"]["uri"] = str(Path(raw["storage"]["uri"]).expanduser().resolve())
-    shipped = sum(local.stat().st_size for local, _ in files)
+    shipped = sum(local.stat().st_size for local, _ in shipment.files)
     if shipped > MAX_SHIPPED_BYTES:  # before copying anything
         raise SpecError(
             [
@@ -136,7 +149,7 @@ def stage(
             ],
             f"spec {spec.name!r}",
         )
-    for local, relative in files:
+    for local, relative in shipment.files:
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         _link_or_copy(str(local), str(folder / relative))
     staged = ExperimentSpec.model_validate(raw)
@@ -158,34 +171,57 @@ def stage(
     )
 
 
-def _plan(path: str, target: str, files: list[tuple[Path, str]], as_folder: bool = False) -> str:
-    """The files a local path (file, folder or glob) ships as under ``target``; its new path.
+class _Shipment:
+    """The local files a job carries: (file here, its path in the job folder).
 
-    Remote paths stay as they are. A symlink inside a shipped folder that leads out of it is
-    refused: only what the spec names travels to the cluster.
+    ``roots``: the folders a shipped file must resolve into (links followed); None: any.
     """
-    if "://" in path:
-        return path
-    source = Path(path).expanduser()
-    if as_folder or source.is_dir():
-        root = source.resolve()
-        for local in sorted(source.rglob("*")):
-            if not local.resolve().is_relative_to(root):
-                raise SpecError(
-                    [f"{local}: a link out of {source}; only the spec's own inputs are shipped"],
-                    "submission",
-                )
-            if local.is_file():
-                files.append((local, f"{target}/{local.relative_to(source).as_posix()}"))
-        return target
-    # A file named like a glob ("pairs[1].jsonl") is that file.
-    matches = (
-        [source] if source.is_file() else [Path(m) for m in sorted(glob.glob(path, recursive=True))]
-    )
-    for index, match in enumerate(matches):
-        name = match.name if len(matches) == 1 else f"{index:04d}-{match.name}"
-        files.append((match, f"{target}/{name}"))
-    return f"{target}/{matches[0].name}" if len(matches) == 1 else target
+
+    def __init__(self, roots: list[Path] | None) -> None:
+        self.roots = [root.resolve() for root in roots] if roots is not None else None
+        self.files: list[tuple[Path, str]] = []
+
+    def plan(self, path: str, target: str, field: str, as_folder: bool = False) -> str:
+        """Add the files a local path (file, folder or glob) ships as under ``target``; the
+        spec's new path. Remote paths stay as they are. A symlink inside a shipped folder
+        that leads out of it is refused: only what the spec names travels to the cluster.
+        """
+        if "://" in path:
+            return path
+        source = Path(path).expanduser()
+        if as_folder or source.is_dir():
+            root = source.resolve()
+            self._check_inside(field, root)
+            for local in sorted(source.rglob("*")):
+                if not local.resolve().is_relative_to(root):
+                    problem = f"{local}: a link out of {source}; only the spec's inputs are shipped"
+                    raise SpecError([problem], "submission")
+                if local.is_file():
+                    self.files.append((local, f"{target}/{local.relative_to(source).as_posix()}"))
+            return target
+        # A file named like a glob ("pairs[1].jsonl") is that file.
+        matches = (
+            [source]
+            if source.is_file()
+            else [Path(m) for m in sorted(glob.glob(path, recursive=True))]
+        )
+        for index, match in enumerate(matches):
+            self._check_inside(field, match.resolve())
+            name = match.name if len(matches) == 1 else f"{index:04d}-{match.name}"
+            self.files.append((match, f"{target}/{name}"))
+        return f"{target}/{matches[0].name}" if len(matches) == 1 else target
+
+    def _check_inside(self, field: str, resolved: Path) -> None:
+        if self.roots is None or any(resolved.is_relative_to(root) for root in self.roots):
+            return
+        folders = " or ".join(str(root) for root in self.roots)
+        raise SpecError(
+            [
+                f"{field}: {resolved} is outside {folders}; submit ships only files from the "
+                "working directory and the spec's folder (--allow-outside-inputs to ship it)"
+            ],
+            "submission",
+        )
 
 
 def _link_or_copy(source: str, destination: str) -> None:
@@ -307,13 +343,17 @@ def submit(
     command: str | None = None,
     env: dict[str, str] | None = None,
     insecure_token: bool = False,
+    allow_outside_inputs: bool = False,
 ) -> JobHandle:
     """Validate ``spec`` here, then run it on the cluster at ``address`` as a Ray job.
 
     ``command`` is ``run`` or ``tune`` (default: ``tune`` when the spec has a ``tune``
     section). ``env`` adds non-secret environment variables for the job.
     ``insecure_token`` allows sending Ray's auth token over plain http to another host.
+    ``allow_outside_inputs`` ships local inputs from outside the working directory and the
+    spec file's folder too.
     """
+    spec_folder = Path(spec).expanduser().resolve().parent if isinstance(spec, str | Path) else None
     spec = orchestrator.validate(spec, overrides)
     command = command or ("tune" if spec.tune else "run")
     if command not in ("run", "tune"):
@@ -330,7 +370,14 @@ def submit(
         )
     job_client = client(address)
     with tempfile.TemporaryDirectory(prefix="orchestrator-job-") as folder:
-        submission = stage(spec, Path(folder), command, env)
+        submission = stage(
+            spec,
+            Path(folder),
+            command,
+            env,
+            spec_folder=spec_folder,
+            allow_outside=allow_outside_inputs,
+        )
         job_id = job_client.submit_job(
             entrypoint=submission.entrypoint,
             runtime_env=submission.runtime_env,

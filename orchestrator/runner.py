@@ -37,6 +37,7 @@ from orchestrator.estimate import negatives_per_query, total_steps
 from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.monitor import Display, RunMonitor, interactive_display, read_history
 from orchestrator.preflight import preflight
+from orchestrator.published import without_home
 from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.storage import (
     Location,
@@ -221,7 +222,7 @@ def _run_holding(
     model_path = resolve_model(spec.model.base)
     if fresh and (removed := remove_tree(location, keep=frozenset({LEASE_FILE}))):
         log.warning("--fresh: deleted %d file(s) of the earlier run in %s", removed, location.uri)
-    write_text(location.join("spec.yaml"), spec.to_yaml())
+    write_text(location.join("spec.yaml"), spec.published_yaml())
     ensure_ray()
 
     data = prepare_data(spec, model_path)
@@ -235,11 +236,14 @@ def _run_holding(
     train_s = time.time() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
+    metrics = result.metrics or {}
+    if metrics.get("time", 0) >= t0:  # trained here: the step its workers really resumed at
+        resumed_from = metrics["resumed_from_step"]  # (earlier, if that checkpoint was damaged)
     summary = finish(
         spec,
         model_path,
         result.checkpoint,
-        result.metrics or {},
+        metrics,
         data.reports,
         baseline=None,
         resumed_from_step=resumed_from,
@@ -308,9 +312,9 @@ def write_outputs(run: Location, summary: dict[str, Any]) -> None:
 
     from orchestrator.report import render_html, write_tensorboard
 
-    write_text(run.join("summary.json"), json.dumps(summary, indent=2))
+    write_text(run.join("summary.json"), without_home(json.dumps(summary, indent=2)))
     history = read_history(run)
-    write_text(run.join(REPORT_FILE), render_html(history, summary))
+    write_text(run.join(REPORT_FILE), without_home(render_html(history, summary)))
     remove_tree(run.join("tensorboard"))  # a rerun's events would repeat every scalar
     with tempfile.TemporaryDirectory() as scratch:
         if write_tensorboard(history, Path(scratch)) is None:

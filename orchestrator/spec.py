@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from orchestrator.credentials import credential_problems
+from orchestrator.published import without_home
 from orchestrator.spec_yaml import YamlProblem, parse_yaml, read_yaml
 
 #: Marks a cross-field error whose lines each start with their own dotted path.
@@ -1024,9 +1025,11 @@ class ExperimentSpec(_Section):
 
         The ``tune`` section is left out by default: it does not change what a run trains, so
         ``run`` of a spec and the search trial with the same values share one run folder.
+        A path spelled from the home folder hashes as its ``~/`` form: the spec a run
+        publishes (see :mod:`orchestrator.published`) names that same run.
         """
         raw = self.model_dump(mode="json", exclude=None if include_tune else {"tune"})
-        canonical = json.dumps(raw, sort_keys=True)
+        canonical = without_home(json.dumps(raw, sort_keys=True))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -1035,6 +1038,10 @@ class ExperimentSpec(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def published_yaml(self) -> str:
+        """The spec as a run publishes it beside its outputs: the home folder written as ``~``."""
+        return without_home(self.to_yaml())
 
 
 # --------------------------------------------------------------------------- loading

@@ -44,7 +44,9 @@ class Location:
     @classmethod
     def of(cls, storage: Any) -> Location:
         """From a spec's ``storage`` section."""
-        uri = storage.uri if storage.uri.startswith("s3://") else str(Path(storage.uri).resolve())
+        uri = storage.uri
+        if not uri.startswith("s3://"):
+            uri = str(Path(uri).expanduser().resolve())
         return cls(uri, storage.endpoint_url, storage.region, storage.retry_attempts)
 
     @property
@@ -72,7 +74,7 @@ class Location:
     def path(self) -> Path:
         if self.is_remote:
             raise ValueError(f"{self.uri} is not a local path")
-        return Path(self.uri)
+        return Path(self.uri).expanduser()  # published summaries write the home folder as ~
 
 
 # --------------------------------------------------------------------------- clients
@@ -238,7 +240,7 @@ def pull(source: Location, destination: Path) -> dict[str, Any]:
                 client.download_file(source.bucket, f"{source.key}/{relative}", str(local))
             else:
                 shutil.copyfile(source.path / relative, local)
-            if local.stat().st_size != entry["size"] or sha256_of(local) != entry[SHA_KEY]:
+            if not matches(local, entry):
                 raise IncompleteUploadError(f"{source.uri}/{relative}: checksum mismatch")
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if destination.exists():  # empty, or an earlier pull: out of the way first
@@ -251,6 +253,41 @@ def pull(source: Location, destination: Path) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifest
+
+
+def matches(path: Path, entry: dict[str, Any]) -> bool:
+    """Whether a local file is the one a manifest entry describes (size, then sha256)."""
+    return (
+        path.is_file()
+        and path.stat().st_size == entry["size"]
+        and sha256_of(path) == entry[SHA_KEY]
+    )
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why a local copy of a published folder cannot be trusted, or None when it verifies.
+
+    Every file the manifest lists must be there with its size and sha256 (files it does not
+    list are ignored: they were not published). No manifest means an interrupted upload.
+    """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        entries = manifest["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST}: an incomplete or interrupted upload"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is not a manifest"
+    for entry in entries:
+        try:
+            relative = _pulled_path(Location(str(folder)), entry)
+            verified = matches(folder / relative, entry)
+        except IncompleteUploadError as exc:
+            return str(exc)
+        except (KeyError, TypeError):
+            return f"{MANIFEST}: an entry without its size or sha256"
+        if not verified:
+            return f"{relative} does not match {MANIFEST} (missing, truncated or changed)"
+    return None
 
 
 def _pulled_path(source: Location, entry: dict[str, Any]) -> str:

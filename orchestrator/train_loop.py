@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import resource
 import signal
 import tempfile
@@ -31,11 +32,12 @@ import torch
 from transformers import get_scheduler
 
 from orchestrator.assets import resolve_model
-from orchestrator.checkpoints import META_FILE, STATE_FILE
+from orchestrator.checkpoints import META_FILE, STATE_FILE, older_checkpoints
 from orchestrator.data.buckets import bucketed, token_counts
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
 from orchestrator.data.order import epoch_name
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
+from orchestrator.errors import DamagedCheckpointError
 from orchestrator.estimate import negatives_per_query
 from orchestrator.losses import build_loss
 from orchestrator.modeling import (
@@ -47,7 +49,7 @@ from orchestrator.modeling import (
     trainable_state,
 )
 from orchestrator.spec import ExperimentSpec
-from orchestrator.storage import Location, publish
+from orchestrator.storage import Location, folder_problem, publish
 
 log = logging.getLogger("orchestrator")
 
@@ -165,14 +167,53 @@ def _gather(value: Any, world: int) -> list[Any]:
 
 
 def load_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
-    """(state.pt contents, meta.json) of a checkpoint, local or in object storage."""
+    """(state.pt contents, meta.json) of a checkpoint, local or in object storage.
+
+    Its files are checked against its manifest first (a truncated or changed file is found
+    here, not as a strange tensor later), and state.pt is read as tensors and plain
+    containers only: a checkpoint read from storage runs no code.
+    """
     if checkpoint is None:
         return None, {}
     with checkpoint.as_directory() as directory:
-        # Tensors and plain containers only: a checkpoint read from storage runs no code.
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-        meta = json.loads((Path(directory) / META_FILE).read_text())
+        folder = Path(directory)
+        if problem := folder_problem(folder):
+            raise DamagedCheckpointError(f"checkpoint {checkpoint.path}: {problem}")
+        try:
+            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # torch's text names what was refused
+            refused = next((x for x in str(exc).splitlines() if "Unsupported" in x), str(exc))
+            raise DamagedCheckpointError(
+                f"checkpoint {checkpoint.path}: {STATE_FILE} holds more than tensors and plain"
+                f" containers (weights-only load refused it: {refused.strip()})"
+            ) from None
+        meta = json.loads((folder / META_FILE).read_text())
     return state, meta
+
+
+def resume_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
+    """The state a (re)started run continues from: ``checkpoint``, or the newest good one.
+
+    A damaged checkpoint (see :func:`load_state`) is passed over for the newest one before it
+    in the same run folder that verifies, and if none does, training starts over at step 0:
+    either way the run goes on with exact data positions instead of failing on the same file
+    at every restart.
+    """
+    if checkpoint is None:
+        return None, {}
+    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
+        try:
+            state, meta = load_state(candidate)
+        except DamagedCheckpointError as exc:
+            log.warning("%s: passing it over", exc)
+            continue
+        if candidate is not checkpoint:
+            log.warning(
+                "resuming from the earlier checkpoint %s (step %d)", candidate.path, meta["step"]
+            )
+        return state, meta
+    log.warning("no checkpoint of this run verifies: training starts over at step 0")
+    return None, {}
 
 
 def _quiet_report_lines() -> None:
@@ -282,7 +323,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     storage = Location.of(spec.storage)
     restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
-    state, meta = load_state(restored or config.get("resume_from"))
+    state, meta = resume_state(restored or config.get("resume_from"))
     step = 0
     if state is not None:
         load_trainable_state(model, state["model"])

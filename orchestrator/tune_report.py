@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.plots import new_axes, to_png
+from orchestrator.published import without_home
 from orchestrator.spec import SpecError
 from orchestrator.storage import Location, write_bytes, write_text
 
@@ -180,7 +181,7 @@ def write_report(
     """results.csv, results.md and metric_vs_step.png in the search's folder; the markdown."""
     metric = spec.tune.metric
     markdown = to_markdown(rows, baseline[metric], spec)
-    write_text(location.join("results.csv"), to_csv(rows, baseline[metric], metric))
-    write_text(location.join("results.md"), markdown)
+    write_text(location.join("results.csv"), without_home(to_csv(rows, baseline[metric], metric)))
+    write_text(location.join("results.md"), without_home(markdown))
     write_bytes(location.join("metric_vs_step.png"), plot_history(rows, baseline[metric], metric))
     return markdown

@@ -34,6 +34,7 @@ from orchestrator.errors import SearchInterrupted
 from orchestrator.estimate import total_steps
 from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.preflight import preflight
+from orchestrator.published import without_home
 from orchestrator.runner import (
     PreparedData,
     RunResult,
@@ -121,7 +122,7 @@ def _run_trial(
         return
     steps = total_steps(spec, rows)
     location = run_location(spec)
-    write_text(location.join("spec.yaml"), spec.to_yaml())
+    write_text(location.join("spec.yaml"), spec.published_yaml())
     latest = latest_checkpoint(location)
     if latest and latest[1]["step"] >= steps and metric in latest[1].get("metrics", {}):
         # An identical trial or run finished before: its final evaluation is the result.
@@ -330,7 +331,7 @@ def _tune_holding(
                 removed,
                 len(trials),
             )
-    write_text(location.join("spec.yaml"), base.to_yaml())
+    write_text(location.join("spec.yaml"), base.published_yaml())
     ensure_ray()
     # Trials resolve the spec's relative paths against this working directory, as `run`
     # does, rather than in their own trial folders (propagated to trials by Tune).
@@ -371,7 +372,7 @@ def _tune_holding(
             "total": round(time.time() - started, 2),
         },
     }
-    write_text(location.join("summary.json"), json.dumps(summary, indent=2))
+    write_text(location.join("summary.json"), without_home(json.dumps(summary, indent=2)))
     return TuneResult(location.uri, rows, table, best, summary)
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -109,12 +110,23 @@ def _driver(spec_path: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+def _registered_checkpoints(storage: Path) -> list[Path]:
+    """The checkpoint folders Ray Train's snapshot lists for the run under ``storage``."""
+    snapshots = list(storage.rglob("checkpoint_manager_snapshot.json"))
+    with suppress(ValueError):  # not yet written, or caught mid-write
+        snapshot = json.loads(snapshots[0].read_text()) if snapshots else {}
+        names = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
+        return sorted(snapshots[0].parent / name for name in names)
+    return []
+
+
 def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
     ray_cluster, tiny_model, corpora, tmp_path
 ):
     """Three drivers: an undisturbed one on a Ray instance of its own; one on the test's
-    cluster, SIGKILLed after its first checkpoint; and the same spec run again there, which
-    resumes from that checkpoint. The last must end with the undisturbed run's stream digests.
+    cluster, SIGKILLed after its second checkpoint, whose state.pt is then cut short; and the
+    same spec run again there, which passes over the damaged checkpoint and resumes from the
+    one before. The last must end with the undisturbed run's stream digests.
     """
     import ray
 
@@ -134,12 +146,16 @@ def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
     shared = {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     killed = _driver(specs["killed"], shared)
     deadline = time.time() + 240
-    while not list((tmp_path / "killed").rglob("checkpoint_*/meta.json")):
+    while len(_registered_checkpoints(tmp_path / "killed")) < 2:
         assert killed.poll() is None and time.time() < deadline, killed.communicate()[0]
-        time.sleep(0.2)
+        time.sleep(0.1)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not list((tmp_path / "killed").rglob("summary.json")), "killed before the end"
+    # What the rerun restores: the newest checkpoint Ray Train registered (a later one may be
+    # on disk unregistered). A disk that lost the end of its state.pt:
+    newest = _registered_checkpoints(tmp_path / "killed")[-1] / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
 
     rerun = _driver(specs["killed"], shared)
     outputs = {name: p.communicate(timeout=300)[0] for name, p in (("calm", calm), ("re", rerun))}
@@ -149,6 +165,8 @@ def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
         name: json.loads(next((tmp_path / name).rglob("summary.json")).read_text())
         for name in ("calm", "killed")
     }
+    assert f"{newest.parent}: state.pt does not match manifest.json" in outputs["re"]
+    assert "resuming from the earlier checkpoint" in outputs["re"]
     assert summaries["killed"]["resumed_from_step"] >= 4, "the rerun resumed"
     assert summaries["killed"]["stream_digests"] == summaries["calm"]["stream_digests"]
     assert summaries["killed"]["source_steps"] == summaries["calm"]["source_steps"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -34,8 +35,17 @@ def head() -> Head:
 
 
 def write_job_spec(tiny_model: str, corpora: dict, folder: Path) -> Path:
-    """The tiny spec as a file, one worker, a step per report; runs stored under ``folder``."""
-    spec = tiny_spec_dict(tiny_model, corpora, folder)
+    """The tiny spec as a file, one worker, a step per report; runs stored under ``folder``.
+
+    Laid out as a project: the spec beside the model and corpora it names (``submit`` ships
+    only files from the spec's folder and the working directory).
+    """
+    model = shutil.copytree(tiny_model, folder / "model")
+    data = shutil.copytree(corpora["root"], folder / "corpora")
+    corpora = {
+        name: data / Path(path).relative_to(corpora["root"]) for name, path in corpora.items()
+    }
+    spec = tiny_spec_dict(str(model), corpora, folder)
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1, "cpus_per_data_task": 0.25}
     spec["train"].update(max_steps=6, checkpoint_every=3, eval_every=3)
     folder.mkdir(parents=True, exist_ok=True)

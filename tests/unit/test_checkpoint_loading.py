@@ -17,41 +17,120 @@ class Planted:
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
 
 
-def checkpoint_with(folder, state):
+def checkpoint_with(folder, state, step: int = 3):
+    """A checkpoint folder as the train loop publishes one: state, meta, manifest last."""
     from ray.train import Checkpoint
 
-    folder.mkdir()
+    from orchestrator.storage import MANIFEST, build_manifest
+
+    folder.mkdir(parents=True)
     torch.save(state, folder / STATE_FILE)
-    (folder / META_FILE).write_text(json.dumps({"step": 3}))
+    (folder / META_FILE).write_text(json.dumps({"step": step}))
+    (folder / MANIFEST).write_text(json.dumps(build_manifest(folder)))
     return Checkpoint.from_directory(str(folder))
 
 
-def test_a_training_state_loads(tmp_path):
-    from orchestrator.train_loop import load_state
-
+def training_state(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters(), fused=False)
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    state = {
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": [torch.get_rng_state()],
     }
+
+
+def test_a_training_state_loads(tmp_path):
+    from orchestrator.train_loop import load_state
+
+    state = training_state()
     loaded, meta = load_state(checkpoint_with(tmp_path / "good", state))
     assert meta == {"step": 3}
-    torch.testing.assert_close(loaded["model"]["weight"], model.weight.detach())
+    torch.testing.assert_close(loaded["model"]["weight"], state["model"]["weight"])
     assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
 
 
+def truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda f: truncate(f / STATE_FILE), "state.pt does not match manifest.json"),
+        (lambda f: (f / STATE_FILE).unlink(), "state.pt does not match manifest.json"),
+        (lambda f: (f / "manifest.json").unlink(), "no manifest.json: an incomplete"),
+        (lambda f: (f / "manifest.json").write_text("{"), "manifest.json is not a manifest"),
+        (
+            lambda f: (f / "manifest.json").write_text(
+                json.dumps({"files": [{"path": "../outside", "size": 1, "sha256": "x"}]})
+            ),
+            "refusing the entry '../outside'",
+        ),
+    ],
+    ids=["truncated", "missing-file", "no-manifest", "torn-manifest", "entry-outside"],
+)
+def test_a_damaged_checkpoint_is_refused_before_torch_reads_it(tmp_path, damage, problem):
+    from orchestrator.errors import DamagedCheckpointError
+    from orchestrator.train_loop import load_state
+
+    checkpoint = checkpoint_with(tmp_path / "checkpoint_1", training_state())
+    damage(tmp_path / "checkpoint_1")
+    with pytest.raises(DamagedCheckpointError, match=problem):
+        load_state(checkpoint)
+
+
+def test_a_resume_passes_over_damaged_checkpoints_to_the_newest_good_one(tmp_path, caplog):
+    """The newest checkpoint was cut short; the one before it is planted: the resume takes
+    the oldest, the only good one, and says which it passed over. A run whose every
+    checkpoint is damaged starts over instead of failing at each restart."""
+    from orchestrator.train_loop import resume_state
+
+    run = tmp_path / "run"
+    names = ["checkpoint_2026-12-01_10-00-00.000001", "checkpoint_2026-12-01_10-00-01.000001"]
+    good = checkpoint_with(run / names[0], training_state(seed=1), step=2)
+    checkpoint_with(run / names[1], {"model": Planted()}, step=4)
+    newest = checkpoint_with(run / "checkpoint_2026-12-01_10-00-02.000001", training_state(), 6)
+    truncate(run / "checkpoint_2026-12-01_10-00-02.000001" / STATE_FILE)
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+
+    state, meta = resume_state(newest)
+    assert meta["step"] == 2
+    torch.testing.assert_close(state["model"]["weight"], training_state(seed=1)["model"]["weight"])
+    assert "state.pt does not match manifest.json (missing, truncated or changed)" in caplog.text
+    assert "state.pt holds more than tensors and plain containers" in caplog.text
+    assert f"resuming from the earlier checkpoint {good.path} (step 2)" in caplog.text
+
+    truncate(run / names[0] / STATE_FILE)
+    assert resume_state(newest) == (None, {})
+    assert "no checkpoint of this run verifies: training starts over at step 0" in caplog.text
+
+
+def test_a_checkpoint_without_its_manifest_is_never_the_latest(tmp_path):
+    from orchestrator.checkpoints import latest_checkpoint
+    from orchestrator.storage import Location
+
+    checkpoint_with(tmp_path / "checkpoint_a", training_state(), step=2)
+    checkpoint_with(tmp_path / "checkpoint_b", training_state(), step=4)
+    (tmp_path / "checkpoint_b" / "manifest.json").unlink()  # cut off before its manifest
+    folder, meta = latest_checkpoint(Location(str(tmp_path)))
+    assert meta["step"] == 2 and folder.uri.endswith("checkpoint_a")
+
+
 def test_a_planted_object_is_refused_and_never_runs(tmp_path, monkeypatch):
+    """The attacker can write a manifest that matches: weights-only loading still stops it."""
+    from orchestrator.errors import DamagedCheckpointError
     from orchestrator.train_loop import load_state
 
     monkeypatch.chdir(tmp_path)
     checkpoint = checkpoint_with(tmp_path / "planted", {"model": Planted()})
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(DamagedCheckpointError, match="Unsupported global: GLOBAL exec"):
         load_state(checkpoint)
     assert not (tmp_path / "PWNED").exists()
 

@@ -15,6 +15,18 @@ from tests.conftest import tiny_spec_dict
 
 
 @pytest.fixture
+def stage(tmp_path_factory):
+    """``jobs.stage`` as for a spec file at the root of the tests' temporary folders, which
+    hold every fixture input (so none is outside the spec's folder)."""
+
+    def staged(spec, folder, command, **options):
+        options.setdefault("spec_folder", tmp_path_factory.getbasetemp())
+        return jobs.stage(spec, folder, command, **options)
+
+    return staged
+
+
+@pytest.fixture
 def spec(tiny_model, corpora, tmp_path) -> ExperimentSpec:
     raw = tiny_spec_dict(tiny_model, corpora, tmp_path)
     raw["storage"]["uri"] = "relative-runs"
@@ -22,11 +34,13 @@ def spec(tiny_model, corpora, tmp_path) -> ExperimentSpec:
     return ExperimentSpec.model_validate(raw)
 
 
-def test_the_job_folder_holds_the_spec_and_every_local_input(spec, corpora, tmp_path, monkeypatch):
+def test_the_job_folder_holds_the_spec_and_every_local_input(
+    stage, spec, corpora, tmp_path, monkeypatch
+):
     folder = tmp_path / "job"
     folder.mkdir()
     monkeypatch.chdir(tmp_path)
-    submission = jobs.stage(spec, folder, "run")
+    submission = stage(spec, folder, "run")
     staged = yaml.safe_load((folder / "spec.yaml").read_text())
     sources = staged["data"]["sources"]
     assert sources["colors"]["path"] == "inputs/sources/colors/colors.jsonl"
@@ -49,41 +63,41 @@ def test_the_job_folder_holds_the_spec_and_every_local_input(spec, corpora, tmp_
     preflight(load_spec("spec.yaml"))
 
 
-def test_remote_paths_and_known_models_are_left_to_the_cluster(spec, tmp_path):
+def test_remote_paths_and_known_models_are_left_to_the_cluster(stage, spec, tmp_path):
     raw = spec.model_dump(mode="json")
     raw["data"]["sources"]["colors"]["path"] = "s3://corpora/colors.jsonl"
     raw["model"]["base"] = "all-MiniLM-L6-v2"
     raw["storage"]["uri"] = "s3://runs"
-    submission = jobs.stage(ExperimentSpec.model_validate(raw), tmp_path, "tune")
+    submission = stage(ExperimentSpec.model_validate(raw), tmp_path, "tune")
     assert submission.spec.data.sources["colors"].path == "s3://corpora/colors.jsonl"
     assert submission.spec.model.base == "all-MiniLM-L6-v2"
     assert submission.spec.storage.uri == "s3://runs"
     assert submission.entrypoint == "python -m orchestrator tune spec.yaml"
 
 
-def test_credentials_never_travel_in_the_runtime_env(spec, tmp_path, monkeypatch):
+def test_credentials_never_travel_in_the_runtime_env(stage, spec, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    submission = jobs.stage(spec, tmp_path, "run", env={"EXPERIMENT_NOTE": "baseline"})
+    submission = stage(spec, tmp_path, "run", env={"EXPERIMENT_NOTE": "baseline"})
     env_vars = submission.runtime_env["env_vars"]
     assert env_vars["HF_HUB_OFFLINE"] == "1" and env_vars["EXPERIMENT_NOTE"] == "baseline"
     assert "s3cr3t" not in repr(submission.runtime_env)
     for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "DB_PASSWORD", "API_KEY", "AWS_SESSION"):
         with pytest.raises(SpecError, match=f"--env {name}: looks like a secret"):
-            jobs.stage(spec, tmp_path / name, "run", env={name: "x"})
+            stage(spec, tmp_path / name, "run", env={name: "x"})
 
 
 def test_inputs_too_large_for_a_job_are_refused_before_anything_is_copied(
-    spec, tmp_path, monkeypatch
+    stage, spec, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(jobs, "MAX_SHIPPED_BYTES", 1024)
     (tmp_path / "job").mkdir()
     with pytest.raises(SpecError, match="more than a job can carry"):
-        jobs.stage(spec, tmp_path / "job", "run")
+        stage(spec, tmp_path / "job", "run")
     assert not any((tmp_path / "job").iterdir())
 
 
-def test_a_link_out_of_a_shipped_folder_is_refused(spec, tiny_model, tmp_path):
+def test_a_link_out_of_a_shipped_folder_is_refused(stage, spec, tiny_model, tmp_path):
     import shutil
 
     model = tmp_path / "model"
@@ -94,10 +108,10 @@ def test_a_link_out_of_a_shipped_folder_is_refused(spec, tiny_model, tmp_path):
     raw["model"]["base"] = str(model)
     (tmp_path / "job").mkdir()
     with pytest.raises(SpecError, match="a link out of"):
-        jobs.stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")
+        stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")
 
 
-def test_a_file_named_like_a_glob_is_that_file(spec, corpora, tmp_path):
+def test_a_file_named_like_a_glob_is_that_file(stage, spec, corpora, tmp_path):
     import shutil
 
     literal = tmp_path / "pairs[1].jsonl"
@@ -106,7 +120,7 @@ def test_a_file_named_like_a_glob_is_that_file(spec, corpora, tmp_path):
     raw = spec.model_dump(mode="json")
     raw["data"]["sources"]["colors"]["path"] = str(literal)
     (tmp_path / "job").mkdir()
-    staged = jobs.stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")
+    staged = stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")
     shipped = tmp_path / "job" / staged.spec.data.sources["colors"].path
     assert shipped.name == "pairs[1].jsonl" and shipped.read_bytes() == literal.read_bytes()
 
@@ -132,14 +146,14 @@ def test_default_address_reads_ray_address_only_when_it_is_a_dashboard_url(monke
     assert jobs.default_address() == jobs.DEFAULT_ADDRESS
 
 
-def test_named_held_out_sets_are_shipped(spec, corpora, tmp_path):
+def test_named_held_out_sets_are_shipped(stage, spec, corpora, tmp_path):
     raw = spec.model_dump(mode="json")
     columns = {"anchor": "question", "positive": "answer", "negatives": ["wrong"]}
     path = str(corpora["colors"])
     raw["data"]["eval_sets"] = {"refutes": {"kind": "triplets", "path": path, "columns": columns}}
     folder = tmp_path / "job"
     folder.mkdir()
-    submission = jobs.stage(ExperimentSpec.model_validate(raw), folder, "run")
+    submission = stage(ExperimentSpec.model_validate(raw), folder, "run")
     shipped = submission.spec.data.eval_sets["refutes"].path
     assert shipped == "inputs/eval_sets/refutes/path/colors.jsonl"
     assert (folder / shipped).is_file()
@@ -162,3 +176,43 @@ def test_the_ray_token_goes_over_http_only_to_loopback(monkeypatch, address, mod
             jobs.check_token_transport(address, flag)
     else:
         jobs.check_token_transport(address, flag)
+
+
+def test_inputs_outside_the_working_directory_and_spec_folder_stay_home(
+    spec, corpora, tmp_path, monkeypatch
+):
+    """A shared spec naming ``~/.ssh/id_rsa`` as a source must not carry it to a cluster."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    raw = spec.model_dump(mode="json")
+    raw["model"]["base"] = "all-MiniLM-L6-v2"  # left to the cluster
+    outside = ExperimentSpec.model_validate(raw)
+    (tmp_path / "job").mkdir()
+    with pytest.raises(SpecError) as refused:
+        jobs.stage(outside, tmp_path / "job", "run")
+    message = str(refused.value)
+    assert f"data.sources.colors.path: {corpora['colors']} is outside {project}" in message
+    assert "--allow-outside-inputs" in message
+    assert not list((tmp_path / "job").iterdir()), "nothing copied"
+
+    # The spec's own folder counts, and so does the flag.
+    assert jobs.stage(outside, tmp_path / "job", "run", spec_folder=corpora["root"]).spec
+    (tmp_path / "job2").mkdir()
+    assert jobs.stage(outside, tmp_path / "job2", "run", allow_outside=True).shipped_bytes > 0
+
+
+def test_a_link_inside_the_project_to_a_file_outside_is_refused(
+    spec, corpora, tmp_path, monkeypatch
+):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pairs.jsonl").symlink_to(corpora["colors"])
+    monkeypatch.chdir(project)
+    raw = spec.model_dump(mode="json")
+    raw["data"]["sources"]["colors"]["path"] = "pairs.jsonl"
+    (tmp_path / "job").mkdir()
+    with pytest.raises(
+        SpecError, match=f"data.sources.colors.path: {corpora['colors']} is outside"
+    ):
+        jobs.stage(ExperimentSpec.model_validate(raw), tmp_path / "job", "run")

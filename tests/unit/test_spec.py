@@ -514,6 +514,19 @@ def test_cli_validate_no_files_skips_file_checks(tiny_spec, tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     assert "data.sources.colors.path" in capsys.readouterr().err
     assert main(["validate", "--no-files", str(path)]) == 0
+    assert main(["validate", str(path), "train.lr=1e-4", "--no-files"]) == 0  # after overrides
+
+
+def test_a_usage_error_exits_apart_from_an_invalid_spec(tiny_spec, tmp_path, capsys):
+    """64 (EX_USAGE) for a command line that cannot be parsed, 2 for an invalid spec."""
+    path = write_spec(tmp_path / "s.yaml", tiny_spec)
+    for argv in (["validate", str(path), "--bogus"], ["valdate", str(path)], []):
+        with pytest.raises(SystemExit) as usage:
+            main(argv)
+        assert usage.value.code == 64, argv
+        assert "usage error" in capsys.readouterr().err
+    assert main(["validate", str(path), "train.lr=-1"]) == 2
+    assert "train.lr" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- run
