@@ -207,11 +207,16 @@ def _upload_verified(client, local: Path, target: Location, entry: dict[str, Any
 
 def read_manifest(source: Location) -> dict[str, Any]:
     try:
-        return json.loads(read_text(source.join(MANIFEST)))
+        manifest = json.loads(read_text(source.join(MANIFEST)))
     except FileNotFoundError:
         raise IncompleteUploadError(
             f"{source.uri} has no {MANIFEST}: an incomplete or interrupted upload"
         ) from None
+    except ValueError:
+        raise IncompleteUploadError(f"{source.uri}/{MANIFEST} is torn or not JSON") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise IncompleteUploadError(f"{source.uri}/{MANIFEST} has no list of files")
+    return manifest
 
 
 def pull(source: Location, destination: Path) -> dict[str, Any]:

@@ -87,6 +87,19 @@ def test_local_publish_and_pull_verify_the_same_way(folder, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("torn", "problem"),
+    [('{"files": [', "is torn or not JSON"), ("[]", "has no list of files"), ("{}", "no list")],
+)
+def test_pull_names_a_torn_manifest(folder, tmp_path, torn, problem):
+    target = Location(str(tmp_path / "published"))
+    publish(folder, target)
+    (tmp_path / "published" / MANIFEST).write_text(torn)
+    with pytest.raises(IncompleteUploadError, match=problem):
+        pull(target, tmp_path / "pulled")
+    assert not (tmp_path / "pulled").exists()
+
+
+@pytest.mark.parametrize(
     "path", ["/etc/cron.d/x", "../outside", "a/../../outside", "C:/x", "a\\..\\b", "", None]
 )
 def test_pull_refuses_a_manifest_entry_outside_the_folder(folder, tmp_path, path):
