@@ -123,6 +123,32 @@ def domain_deltas(spec, main: str, base, figures) -> dict[str, float]:
     return {n: figures.metrics[f"{n}/{main}"] - base.metrics[f"{n}/{main}"] for n in names}
 
 
+def domain_intervals(spec, main: str, base, figures) -> dict[str, list[float]]:
+    """The paired bootstrap 95 % interval of each named retrieval set's Δ."""
+    from orchestrator.verdict import verdict
+
+    names = [n for n, held_out in spec.data.eval_sets.items() if held_out.kind == "retrieval"]
+    return {n: verdict(f"{n}/{main}", base, figures)["interval"] for n in names}
+
+
+def with_domains(spec, domains: list[str]):
+    """``spec`` judged also on the *test* split of each prepared domain (``data/<name>/eval``),
+    as named retrieval sets: per-domain figures without changing what (or which run) trains."""
+    from orchestrator.assets import data_home
+    from orchestrator.spec import load_spec
+
+    raw = spec.model_dump(mode="json")
+    for name in domains:
+        folder = data_home() / name / "eval"
+        raw["data"]["eval_sets"][name] = {
+            "kind": "retrieval",
+            "corpus": str(folder / "corpus.jsonl"),
+            "queries": str(folder / "queries.jsonl"),
+            "qrels": str(folder / "qrels.tsv"),
+        }
+    return load_spec(raw)
+
+
 def seeded_runs(
     spec,
     seeds: list[int],
@@ -130,13 +156,15 @@ def seeded_runs(
     out: Path,
     overrides: list[str],
     reuse: bool = False,
+    domains: list[str] | None = None,
 ) -> None:
     """Per seed: train (no merge), then every alpha on the test split; mean ± sd per alpha.
 
     Each alpha is also evaluated on the validation split, and the alpha the run itself would
     choose there (:func:`orchestrator.finalize.pick_alpha`) is marked ``chosen``: the
     figures of ``merge: {alphas: [...]}`` without training once per list. ``reuse`` keeps
-    a seed's finished run instead of training it again.
+    a seed's finished run instead of training it again. ``domains``: also judged on those
+    prepared domains' test splits (:func:`with_domains`), per domain with its interval.
     """
     import numpy as np
     import torch
@@ -150,6 +178,7 @@ def seeded_runs(
     from orchestrator.verdict import guard_verdict, verdict
 
     torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+    trained, spec = spec, with_domains(spec, domains or [])
     main, guard = spec.eval.main_metric, spec.eval.guard
     base_model = load_encoder(resolve_model(spec.model.base), spec.model).eval()
     base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
@@ -157,7 +186,7 @@ def seeded_runs(
     base_validation = evaluate_split(base_model, spec, "validation")
     rows = []
     for seed in seeds:
-        raw = spec.model_dump(mode="json", exclude={"merge"})
+        raw = trained.model_dump(mode="json", exclude={"merge"})
         raw["train"]["seed"] = seed
         result = run(load_spec(raw), fresh=not reuse)
         tuned_model = load_encoder(str(result.model_dir), spec.model).eval()
@@ -180,8 +209,9 @@ def seeded_runs(
                 record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
                 drop = guard_drop_of(base_validation, validation, guard.metric_key)
                 record["validation"].update(drop)
-            if domains := domain_deltas(spec, main, base, figures):
-                record["domains"] = domains
+            if deltas := domain_deltas(spec, main, base, figures):
+                record["domains"] = deltas
+                record["domain_intervals"] = domain_intervals(spec, main, base, figures)
             seed_rows.append(record)
         if guard:
             choice = [{"alpha": r["alpha"], **r["validation"]} for r in seed_rows]
@@ -216,9 +246,9 @@ def seeded_runs(
             f"| {alpha} | {deltas.mean():+.4f} ± {deltas.std(ddof=1):.4f} | "
             f"{'yes' if above else 'no'} | {guards.mean():+.4f} ± {guards.std(ddof=1):.4f} |"
         )
-        if domains := [r["domains"] for r in mine if "domains" in r]:
-            names = list(domains[0])
-            each = ", ".join(f"{n} {np.mean([d[n] for d in domains]):+.4f}" for n in names)
+        if per_set := [r["domains"] for r in mine if "domains" in r]:
+            names = list(per_set[0])
+            each = ", ".join(f"{n} {np.mean([d[n] for d in per_set]):+.4f}" for n in names)
             # per seed: the mean Δ over the main set and every named set; then over seeds
             overall = np.mean(
                 [
@@ -250,13 +280,21 @@ def main() -> None:
         "--reuse", action="store_true", help="--seeds: keep a seed's finished run (no training)"
     )
     parser.add_argument("--seeds-out", type=Path, default=Path(__file__).with_name("seeds.jsonl"))
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        default=[],
+        help="--seeds: also judge on these prepared domains' test splits (e.g. new_wiki nyt)",
+    )
     args = parser.parse_args()
     if args.seeds:
         from orchestrator.spec import load_spec
 
         for path in args.specs:
             spec = load_spec(path, args.set)
-            seeded_runs(spec, args.seeds, args.alphas, args.seeds_out, args.set, args.reuse)
+            seeded_runs(
+                spec, args.seeds, args.alphas, args.seeds_out, args.set, args.reuse, args.domains
+            )
         return
 
     import platform

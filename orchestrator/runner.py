@@ -42,6 +42,7 @@ from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.storage import (
     Location,
     arrow_storage,
+    read_text,
     remove_tree,
     write_bytes,
     write_text,
@@ -205,7 +206,8 @@ def run(
 
     ``resume_from`` names a checkpoint (folder or ``s3://`` URI) to continue from: its step,
     optimizer and mixture positions. A run whose own folder already holds checkpoints resumes
-    from the latest of them, unless ``fresh`` deletes that folder first.
+    from the latest of them, unless ``fresh`` deletes that folder first. A run that already
+    finished there (its ``summary.json``) returns that result, without starting Ray.
     """
     spec = load_spec(spec, overrides)
     preflight(spec)
@@ -218,6 +220,9 @@ def _run_holding(
     spec: ExperimentSpec, location: Location, resume_from: str | None, fresh: bool
 ) -> RunResult:
     """:func:`run`, once this driver holds the run folder's lease."""
+    if not fresh and resume_from is None and (done := finished_summary(location)):
+        log.info("%s finished earlier in %s (--fresh trains it again)", spec.name, location.uri)
+        return RunResult(spec.run_id, location.uri, done["model_uri"], done)
     started = time.time()
     model_path = resolve_model(spec.model.base)
     if fresh and (removed := remove_tree(location, keep=frozenset({LEASE_FILE}))):
@@ -304,6 +309,18 @@ def finish(
     timings["total"] = sum(timings.values())  # the phases; `run` replaces it with wall time
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return summary
+
+
+def finished_summary(run: Location) -> dict[str, Any] | None:
+    """The summary of a run that finished in this folder; None if none (or a torn one)."""
+    try:
+        summary = json.loads(read_text(run.join("summary.json")))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        log.warning("%s/summary.json is torn: finishing the run again", run.uri)
+        return None
+    return summary if isinstance(summary, dict) and "model_uri" in summary else None
 
 
 def write_outputs(run: Location, summary: dict[str, Any]) -> None:

@@ -105,11 +105,18 @@ def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, 
     assert abs(model.encode(text) - base.encode(text)).max() > 1e-4, "LoRA changed the weights"
 
 
-def test_rerunning_a_finished_spec_reuses_its_checkpoint(first_run):
-    """Same spec, same folder: Ray Train restores the last checkpoint; no step is repeated."""
+def test_rerunning_a_finished_spec_returns_its_result_or_reuses_its_checkpoint(first_run):
+    """Same spec, same folder: the finished run's own result, nothing trained or evaluated
+    again. Without its summary (a driver lost after training), Ray Train restores the last
+    checkpoint and no step is repeated."""
     from orchestrator import run
 
     spec, result = first_run
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    again = run(spec)
+    assert again.summary == summary and again.model_dir == result.model_dir  # timings too
+
+    (result.run_dir / "summary.json").unlink()
     again = run(spec)
     assert again.run_dir == result.run_dir
     assert again.summary["resumed_from_step"] == 4
