@@ -205,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("eval", help="evaluate a model folder on a spec's held-out set")
     p.add_argument("spec")
     p.add_argument("model")
-    args = parser.parse_args(argv)
+    # Overrides may come before, between or after the options (argparse alone takes them
+    # only before: `submit SPEC --address URL key=value` would be an unknown argument).
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides += extra
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import orchestrator

@@ -515,6 +515,8 @@ def test_cli_validate_no_files_skips_file_checks(tiny_spec, tmp_path, capsys):
     assert "data.sources.colors.path" in capsys.readouterr().err
     assert main(["validate", "--no-files", str(path)]) == 0
     assert main(["validate", str(path), "train.lr=1e-4", "--no-files"]) == 0  # after overrides
+    assert main(["validate", str(path), "--no-files", "train.lr=-1"]) == 2  # or before them
+    assert "train.lr" in capsys.readouterr().err
 
 
 def test_a_usage_error_exits_apart_from_an_invalid_spec(tiny_spec, tmp_path, capsys):
