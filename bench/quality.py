@@ -117,18 +117,13 @@ def ours_run(spec) -> dict[str, Any]:
     }
 
 
-def domain_deltas(spec, main: str, base, figures) -> dict[str, float]:
-    """The main metric's Δ on each named retrieval set (``data.eval_sets``: other domains)."""
-    names = [n for n, held_out in spec.data.eval_sets.items() if held_out.kind == "retrieval"]
-    return {n: figures.metrics[f"{n}/{main}"] - base.metrics[f"{n}/{main}"] for n in names}
-
-
-def domain_intervals(spec, main: str, base, figures) -> dict[str, list[float]]:
-    """The paired bootstrap 95 % interval of each named retrieval set's Δ."""
+def domain_verdicts(spec, main: str, base, figures) -> dict[str, dict]:
+    """The main metric's verdict (Δ, paired interval) on each named retrieval set
+    (``data.eval_sets``: other domains)."""
     from orchestrator.verdict import verdict
 
     names = [n for n, held_out in spec.data.eval_sets.items() if held_out.kind == "retrieval"]
-    return {n: verdict(f"{n}/{main}", base, figures)["interval"] for n in names}
+    return {n: verdict(f"{n}/{main}", base, figures) for n in names}
 
 
 def with_domains(spec, domains: list[str]):
@@ -209,9 +204,9 @@ def seeded_runs(
                 record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
                 drop = guard_drop_of(base_validation, validation, guard.metric_key)
                 record["validation"].update(drop)
-            if deltas := domain_deltas(spec, main, base, figures):
-                record["domains"] = deltas
-                record["domain_intervals"] = domain_intervals(spec, main, base, figures)
+            if verdicts := domain_verdicts(spec, main, base, figures):
+                record["domains"] = {n: v["delta"] for n, v in verdicts.items()}
+                record["domain_intervals"] = {n: v["interval"] for n, v in verdicts.items()}
             seed_rows.append(record)
         if guard:
             choice = [{"alpha": r["alpha"], **r["validation"]} for r in seed_rows]

@@ -31,10 +31,6 @@ def checkpoint_meta(checkpoint: Location) -> dict[str, Any]:
     return json.loads(read_text(checkpoint.join(META_FILE)))
 
 
-def checkpoint_step(checkpoint: Location) -> int:
-    return checkpoint_meta(checkpoint)["step"]
-
-
 def latest_checkpoint(run: Location) -> tuple[Location, dict[str, Any]] | None:
     """The newest complete checkpoint in a run folder and its meta.
 
@@ -72,9 +68,3 @@ def older_checkpoints(checkpoint: Checkpoint) -> list[Checkpoint]:
     return [
         Checkpoint(path=f"{parent}/{folder}", filesystem=checkpoint.filesystem) for folder in older
     ]
-
-
-def latest_step(run: Location) -> int:
-    """Step of the newest checkpoint already in a run folder, or 0."""
-    latest = latest_checkpoint(run)
-    return latest[1]["step"] if latest else 0

@@ -103,7 +103,7 @@ def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: dict[str, A
     """README.md (model card) plus metrics.json next to the exported weights."""
     (model_dir / "metrics.json").write_text(
         json.dumps({k: summary[k] for k in ("baseline", "finetuned", "verdict")}, indent=2)
-    )  # figures only: no paths
+    )
     _, outcome = headline(summary)
     training = "\n".join(_training_lines(spec, summary))
     card = f"""---

@@ -29,7 +29,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from orchestrator.assets import resolve_model
-from orchestrator.checkpoints import checkpoint_at, checkpoint_step, latest_step
+from orchestrator.checkpoints import checkpoint_at
 from orchestrator.data.order import epoch_name, epoch_order, epochs_needed
 from orchestrator.data.sources import SourceReport, read_sources
 from orchestrator.data.tokenize import tokenize_batch
@@ -233,7 +233,6 @@ def _run_holding(
     data = prepare_data(spec, model_path)
     t0 = time.time()
     start = Location(resume_from, *location.connection) if resume_from else None
-    resumed_from = checkpoint_step(start) if start else latest_step(location)
     steps = total_steps(spec, data.rows)
     display = interactive_display()
     epochs = epoch_datasets(spec, data.datasets, steps)
@@ -242,8 +241,10 @@ def _run_holding(
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
     metrics = result.metrics or {}
-    if metrics.get("time", 0) >= t0:  # trained here: the step its workers really resumed at
-        resumed_from = metrics["resumed_from_step"]  # (earlier, if that checkpoint was damaged)
+    # Reported here: the step the workers resumed at (an earlier one than the latest if that
+    # checkpoint was damaged). Else nothing was left to train: the checkpoint's own step.
+    trained_here = metrics.get("time", 0) >= t0
+    resumed_from = metrics["resumed_from_step"] if trained_here else metrics["step"]
     summary = finish(
         spec,
         model_path,

@@ -228,7 +228,7 @@ def pull(source: Location, destination: Path) -> dict[str, Any]:
     folder with a manifest) is replaced; a folder holding anything else is refused.
     """
     manifest = read_manifest(source)
-    entries = [_pulled_path(source, entry) for entry in manifest.get("files", [])]
+    entries = [_entry_path(source, entry) for entry in manifest.get("files", [])]
     earlier = destination.exists() and any(destination.iterdir())
     if earlier and not (destination / MANIFEST).is_file():
         raise FileExistsError(
@@ -275,29 +275,24 @@ def folder_problem(folder: Path) -> str | None:
     Every file the manifest lists must be there with its size and sha256 (files it does not
     list are ignored: they were not published). No manifest means an interrupted upload.
     """
+    source = Location(str(folder))
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        entries = manifest["files"]
-    except FileNotFoundError:
-        return f"no {MANIFEST}: an incomplete or interrupted upload"
-    except (ValueError, KeyError, TypeError):
-        return f"{MANIFEST} is not a manifest"
-    for entry in entries:
-        try:
-            relative = _pulled_path(Location(str(folder)), entry)
-            verified = matches(folder / relative, entry)
-        except IncompleteUploadError as exc:
-            return str(exc)
-        except (KeyError, TypeError):
-            return f"{MANIFEST}: an entry without its size or sha256"
-        if not verified:
-            return f"{relative} does not match {MANIFEST} (missing, truncated or changed)"
+        for entry in read_manifest(source)["files"]:
+            relative = _entry_path(source, entry)
+            if not matches(folder / relative, entry):
+                return f"{relative} does not match {MANIFEST} (missing, truncated or changed)"
+    except IncompleteUploadError as exc:
+        return str(exc)
     return None
 
 
-def _pulled_path(source: Location, entry: dict[str, Any]) -> str:
-    """A manifest entry's path, if it stays inside the folder it is pulled into."""
-    path = entry.get("path") if isinstance(entry, dict) else None
+def _entry_path(source: Location, entry: dict[str, Any]) -> str:
+    """A manifest entry's path, if it stays inside the folder it is pulled into (and the entry
+    says what the file must be: its size and sha256)."""
+    described = isinstance(entry, dict) and isinstance(entry.get("size"), int)
+    if not described or not isinstance(entry.get(SHA_KEY), str):
+        raise IncompleteUploadError(f"{source.uri}/{MANIFEST}: an entry without size or sha256")
+    path = entry.get("path")
     parts = PurePosixPath(path).parts if isinstance(path, str) else ()
     if (
         not parts

@@ -66,15 +66,19 @@ def truncate(path) -> None:
         (lambda f: truncate(f / STATE_FILE), "state.pt does not match manifest.json"),
         (lambda f: (f / STATE_FILE).unlink(), "state.pt does not match manifest.json"),
         (lambda f: (f / "manifest.json").unlink(), "no manifest.json: an incomplete"),
-        (lambda f: (f / "manifest.json").write_text("{"), "manifest.json is not a manifest"),
+        (lambda f: (f / "manifest.json").write_text("{"), "manifest.json is torn or not JSON"),
         (
             lambda f: (f / "manifest.json").write_text(
                 json.dumps({"files": [{"path": "../outside", "size": 1, "sha256": "x"}]})
             ),
             "refusing the entry '../outside'",
         ),
+        (
+            lambda f: (f / "manifest.json").write_text(json.dumps({"files": [{"path": "x"}]})),
+            "an entry without size or sha256",
+        ),
     ],
-    ids=["truncated", "missing-file", "no-manifest", "torn-manifest", "entry-outside"],
+    ids=["truncated", "missing-file", "no-manifest", "torn-manifest", "entry-outside", "no-sha"],
 )
 def test_a_damaged_checkpoint_is_refused_before_torch_reads_it(tmp_path, damage, problem):
     from orchestrator.errors import DamagedCheckpointError
