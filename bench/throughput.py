@@ -190,10 +190,11 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import torch
 
     from orchestrator.assets import resolve_model
+    from orchestrator.data.buckets import token_counts
     from orchestrator.data.order import epoch_order
     from orchestrator.data.tokenize import collate
     from orchestrator.losses import build_loss
-    from orchestrator.modeling import count_parameters, load_encoder
+    from orchestrator.modeling import attach_lora, count_parameters, load_encoder
     from orchestrator.runner import ensure_ray, prepare_data
     from orchestrator.train_loop import (
         PairEncoder,
@@ -223,10 +224,12 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
     device = _device(spec)
     model = load_encoder(path, spec.model, device)
+    if spec.lora:
+        attach_lora(model, spec.lora)
     model.train()
     pad_id = model.tokenizer.pad_token_id or 0
     batches = [to_device(collate(batch_rows, pad_id), device) for batch_rows in rows]
-    encoder = PairEncoder(model, autocast_dtype(spec.train.precision))
+    encoder = PairEncoder(model, autocast_dtype(spec.train.precision), spec.train.embed_group_rows)
     loss_fn = build_loss(spec.loss, model)
     optimizer = build_optimizer(model, spec)
     times = []
@@ -241,11 +244,12 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             torch.cuda.synchronize(device)  # the step's kernels, not only their launches
         times.append(time.perf_counter() - start)
     step_s = float(np.mean(times[args.warmup :]))
-    masks = [g["attention_mask"] for b in batches[args.warmup :] for g in (b.queries, b.passages)]
-    real = sum(int(mask.sum()) for mask in masks) / args.steps
+    counts = [token_counts(r, spec.train.embed_group_rows) for r in rows[args.warmup :]]
+    real, padded = (sum(column) for column in zip(*counts, strict=True))
     return {
         "step_s": step_s,
-        "tokens_per_s": real / step_s,
+        "tokens_per_s": real / args.steps / step_s,
+        "padding_fraction": 1 - real / padded,
         "peak_memory_mib": peak_memory_mib(device),
         "stream_digest": digest,
         "params": count_parameters(model)[1],
@@ -266,6 +270,9 @@ CASES = {
     "ours": ("ours", []),
     "ours_bucketed": ("ours", ["data.bucket_window=16"]),
     "bare": ("bare", []),
+    # Each step's texts embedded in length-sorted groups of 16, each padded to its own longest.
+    "ours_grouped16": ("ours", ["train.embed_group_rows=16"]),
+    "bare_grouped16": ("bare", ["train.embed_group_rows=16"]),
     # One torch thread on the two cores: Ray's own processes get a core to themselves.
     "ours_1_thread": ("ours", ["scaling.cpus_per_worker=1"]),
     "bare_1_thread": ("bare", ["scaling.cpus_per_worker=1"]),
@@ -273,12 +280,24 @@ CASES = {
     "ours_checkpointing": ("ours", ["train.gradient_checkpointing=true"]),
     "ours_cached_mb8": ("ours", ["loss.kind=cached_mnrl", "loss.mini_batch_size=8"]),
 }
-REPEATED = ("plain", "ours", "ours_bucketed", "bare", "ours_1_thread", "bare_1_thread")
+REPEATED = (
+    "plain",
+    "ours",
+    "ours_bucketed",
+    "ours_grouped16",
+    "bare",
+    "bare_grouped16",
+    "ours_1_thread",
+    "bare_1_thread",
+)
 
 
 def in_subprocess(case: str, args: argparse.Namespace) -> dict[str, Any]:
+    from orchestrator.runner import WORKER_ENV
+
     command = [sys.executable, __file__, "--case", case, *sys.argv[1:]]
-    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # logs pass
+    env = {**os.environ, **WORKER_ENV}  # the bare loop's allocator as a training worker's
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

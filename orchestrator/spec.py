@@ -576,6 +576,12 @@ class TrainSpec(_Section):
         default="fp32", description="Autocast dtype on GPU; bf16 also works on CPU."
     )
     gradient_checkpointing: bool = False
+    embed_group_rows: PositiveInt | None = Field(
+        default=None,
+        description="Embed a step's texts in length-sorted groups of at most this many rows, "
+        "each padded to its own longest text: less padding, faster steps on CPU (the same "
+        "embeddings); none: one padded batch per kind of text.",
+    )
     seed: Seed = 42
     eval_every: int = Field(default=0, ge=0, description="Steps between evaluations; 0 = at end.")
     checkpoint_every: PositiveInt = Field(default=50, description="Steps between checkpoints.")

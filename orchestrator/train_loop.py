@@ -60,18 +60,42 @@ class PairEncoder(torch.nn.Module):
     Autocast (bf16/fp16) is applied here, inside the module, so that a cached loss replaying
     mini-batches during backward runs them at the same precision; embeddings come out fp32.
     A single features dict (a cached loss's mini-batch) returns the model's output dict.
+
+    With ``group_rows`` (``train.embed_group_rows``) a padded batch is embedded in
+    length-sorted groups of at most that many rows, each cut to its own longest text: a
+    step's passages then pay for little padding even where its columns' lengths differ (a
+    hard negative is as long as it happens to be, whatever the bucketing sorted by). Masked
+    attention and mean pooling make each row's embedding the same either way.
     """
 
-    def __init__(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        autocast_dtype: torch.dtype | None = None,
+        group_rows: int | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
+        self.group_rows = group_rows
 
-    def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _embed_padded(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         device = features["input_ids"].device.type
         enabled = self.autocast_dtype is not None
         with torch.autocast(device, dtype=self.autocast_dtype, enabled=enabled):
             return self.model(features)["sentence_embedding"].float()
+
+    def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = features["input_ids"].shape[0]
+        if self.group_rows is None or rows <= self.group_rows:
+            return self._embed_padded(features)
+        lengths = features["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for group in order.split(self.group_rows):
+            longest = int(lengths[group[-1]])  # right-padded: columns past it are padding
+            parts.append(self._embed_padded({k: v[group, :longest] for k, v in features.items()}))
+        return torch.cat(parts)[torch.argsort(order)]
 
     def forward(
         self, groups: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]
@@ -314,7 +338,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         enable_gradient_checkpointing(model)
     precision = spec.train.precision
     encoder = ray.train.torch.prepare_model(
-        PairEncoder(model, autocast_dtype(precision)),
+        PairEncoder(model, autocast_dtype(precision), spec.train.embed_group_rows),
         parallel_strategy_kwargs={"find_unused_parameters": True},
     )
     optimizer = build_optimizer(model, spec)
@@ -365,7 +389,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         fetch_start = time.perf_counter()
         source, rows = mixed.next(step)
         digest = chain_digest(digest, rows)
-        real, padded = token_counts(rows)
+        real, padded = token_counts(rows, spec.train.embed_group_rows)
         window_tokens += real
         window_padded += padded
         batch = to_device(collate(rows, pad_id), device)

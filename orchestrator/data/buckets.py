@@ -51,11 +51,13 @@ def _regroup(batches: list[Rows], rng: np.random.Generator) -> Iterator[Rows]:
         yield {c: values[groups[index]] for c, values in merged.items()}
 
 
-def token_counts(rows: Rows) -> tuple[int, int]:
-    """(non-padding tokens, tokens after padding) of a batch, padded as it is collated.
+def token_counts(rows: Rows, group_rows: int | None = None) -> tuple[int, int]:
+    """(non-padding tokens, tokens after padding) of a batch, padded as it is embedded.
 
     Queries are padded to the longest query, all passage columns together to the longest
-    passage (:func:`orchestrator.data.tokenize.collate`).
+    passage (:func:`orchestrator.data.tokenize.collate`); with ``group_rows`` each
+    length-sorted group of that many to its own longest
+    (:class:`orchestrator.train_loop.PairEncoder`).
     """
     queries = [len(ids) for ids in rows[ANCHOR + IDS_SUFFIX]]
     passages = [
@@ -65,4 +67,11 @@ def token_counts(rows: Rows) -> tuple[int, int]:
         for ids in rows[c]
     ]
     real = sum(queries) + sum(passages)
-    return real, max(queries) * len(queries) + max(passages) * len(passages)
+    return real, _padded(queries, group_rows) + _padded(passages, group_rows)
+
+
+def _padded(lengths: list[int], group_rows: int | None) -> int:
+    ordered = sorted(lengths)
+    size = group_rows or len(ordered)
+    groups = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+    return sum(group[-1] * len(group) for group in groups)

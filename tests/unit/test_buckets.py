@@ -33,6 +33,13 @@ def test_token_counts_pad_queries_and_passages_separately():
     assert padded == 4 * 3 + 4 * 40
 
 
+def test_token_counts_with_length_groups_pad_each_sorted_group_to_its_longest():
+    (rows,) = batches([[40, 5, 38, 6]])
+    real, padded = token_counts(rows, group_rows=2)
+    assert real == 4 * 3 + (40 + 5 + 38 + 6)
+    assert padded == 4 * 3 + 2 * 6 + 2 * 40  # passages sorted: (5, 6) and (38, 40)
+
+
 def test_bucketing_keeps_rows_and_sizes_within_each_window():
     out = list(bucketed(batches(LENGTHS), window=2, seed=[1, 0]))
     assert [len(b["row"]) for b in out] == [4, 4, 4]

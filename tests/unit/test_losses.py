@@ -336,6 +336,32 @@ def step_gradients(model, spec) -> tuple[float, list[torch.Tensor]]:
     return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+def test_length_grouped_embedding_gives_the_embeddings_and_gradients_of_one_padded_batch(
+    tiny_model,
+):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_model, device="cpu").eval()  # no dropout: exact equality
+    batch = tokenized_batch(model, n_docs=2)
+    loss_fn = build_loss(infonce_spec(), model)
+    results = []
+    for group_rows in (None, 3):
+        model.zero_grad()
+        encoder = PairEncoder(model, group_rows=group_rows)
+        embeddings = encoder([batch.passages])[0]
+        loss = loss_fn.step(encoder, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((embeddings.detach(), loss.item(), grads))
+    (one, one_loss, one_grads), (grouped, grouped_loss, grouped_grads) = results
+    lengths = batch.passages["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1  # the groups are cut to different lengths
+    torch.testing.assert_close(grouped, one, rtol=1e-5, atol=1e-6)
+    assert grouped_loss == pytest.approx(one_loss, rel=1e-5)
+    for a, b in zip(grouped_grads, one_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dims", [None, [32, 8]], ids=["plain", "matryoshka"])
 def test_cached_infonce_gives_the_gradients_of_one_big_batch(tiny_model, dims):
     from sentence_transformers import SentenceTransformer
