@@ -182,7 +182,7 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
 def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     """The orchestrator's own step in a plain loop, over the batches ``ours`` trains on.
 
-    The batches are drawn first, by the run's own Ray Data pipeline and batch order, then Ray
+    The batches are drawn first, compiled and read as the run's rank 0 reads them, then Ray
     is shut down, so the timed loop runs in a process with nothing else in it.
     """
     import numpy as np
@@ -191,7 +191,6 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
     from orchestrator.assets import resolve_model
     from orchestrator.data.buckets import token_counts
-    from orchestrator.data.order import epoch_order
     from orchestrator.data.tokenize import collate
     from orchestrator.losses import build_loss
     from orchestrator.modeling import attach_lora, count_parameters, load_encoder
@@ -202,7 +201,7 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         build_optimizer,
         chain_digest,
         peak_memory_mib,
-        rank_batches,
+        source_feeds,
         to_device,
     )
 
@@ -210,11 +209,12 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     path = resolve_model(spec.model.base)
     total = args.warmup + args.steps
     ensure_ray()
-    (dataset,) = prepare_data(spec, path).datasets.values()
-    first_epoch = epoch_order(dataset, spec.train.seed, 0, spec.data.shuffle, 0.5)
-    stream = rank_batches(first_epoch, spec, rank=0, epoch=0)
+    data = prepare_data(spec, path)
+    folders = {name: source.location for name, source in data.sources.items()}
+    (feed,) = source_feeds(spec, folders, rank=0, world=spec.scaling.num_workers).values()
+    stream = feed.batches(0)
     rows = [next(stream) for _ in range(total)]
-    stream.close()  # stops the iterator's threads before Ray goes
+    stream.close()  # stops the feed's reading thread
     ray.shutdown()
     digest = ""
     for batch_rows in rows:

@@ -11,6 +11,7 @@ from orchestrator.spec import ExperimentSpec, SpecError, load_spec
 __all__ = [
     "ExperimentSpec",
     "SpecError",
+    "compile_data",
     "evaluate",
     "list_runs",
     "load_spec",
@@ -43,6 +44,20 @@ def run(
     from orchestrator.runner import run as _run
 
     return _run(spec, overrides, resume_from, fresh)
+
+
+def compile_data(spec, overrides: list[str] | None = None):
+    """Compile the spec's sources to token-id fragments ahead of training (reused by runs,
+    resumes and searches with the same files and tokenizing); a ``CompiledData``."""
+    from orchestrator.assets import resolve_model
+    from orchestrator.preflight import preflight
+    from orchestrator.runner import ensure_ray, prepare_data
+
+    spec = load_spec(spec, overrides)
+    preflight(spec)
+    model_path = resolve_model(spec.model.base)
+    ensure_ray()
+    return prepare_data(spec, model_path)
 
 
 def tune(spec, overrides: list[str] | None = None, fresh: bool = False):

@@ -128,6 +128,18 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+def _print_compiled(data) -> None:
+    for name, source in data.sources.items():
+        manifest, report = source.manifest, source.report
+        how = "reused" if source.reused else f"compiled in {manifest['compile_s']:.1f} s"
+        print(
+            f"{name}: {report.rows} rows ({report.bad_rows} bad), {manifest['tokens']} tokens, "
+            f"{len(manifest['fragments'])} fragments, {how}: {source.location.uri}"
+        )
+        for line in report.lines():
+            print(f"  bad row {line}")
+
+
 def _spec_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     """A subcommand taking a spec and ``key.path=value`` overrides."""
     parser = sub.add_parser(name, help=help_text)
@@ -190,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--absolute-margin", type=float)
     p.add_argument("--consistency-top-k", type=int, help="keep pairs whose positive ranks top-k")
     p.add_argument("--model", help="embed with this model instead of the spec's base model")
+    p = sub.add_parser("data", help="work on a spec's training data")
+    data = p.add_subparsers(dest="data_command", required=True)
+    _spec_command(data, "compile", "compile the sources to token-id fragments now (cached)")
     p = sub.add_parser("prepare", help="fetch offline corpora and models (cached)")
     p.add_argument("--datasets", nargs="*", help="default: all")
     p.add_argument("--models", nargs="*", default=["all-MiniLM-L6-v2"])
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return _submit(args)
         elif args.command == "mine":
             _mine(args)
+        elif args.command == "data":
+            _print_compiled(orchestrator.compile_data(args.spec, args.overrides))
         elif args.command == "prepare" and args.list:
             _print_known()
         elif args.command == "prepare":

@@ -21,3 +21,7 @@ class SearchInterrupted(RuntimeError):
 
 class RunBusyError(RuntimeError):
     """Another live driver holds the run's folder (its lease names the host and pid)."""
+
+
+class DamagedDataError(RuntimeError):
+    """A compiled fragment whose bytes do not match the sha256 its manifest lists."""

@@ -24,10 +24,12 @@ Display = Literal["bar", "log", "none"]
 
 
 def run_report(worker_reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report for the run: rank 0's, tokens/s summed and peak memory the largest."""
+    """One report for the run: rank 0's, tokens/s and rows decoded summed, peak memory the
+    largest."""
     report = dict(worker_reports[0])
-    if all("tokens_per_s" in r for r in worker_reports):
-        report["tokens_per_s"] = sum(r["tokens_per_s"] for r in worker_reports)
+    for summed in ("tokens_per_s", "rows_decoded"):
+        if all(summed in r for r in worker_reports):
+            report[summed] = sum(r[summed] for r in worker_reports)
     if all("peak_memory_mib" in r for r in worker_reports):
         report["peak_memory_mib"] = max(r["peak_memory_mib"] for r in worker_reports)
     return report
@@ -77,7 +79,7 @@ class RunMonitor(UserCallback):
 
     def __init__(self, run_id: str, experiment: str, run: Location, display: Display) -> None:
         self.run_id, self.experiment, self.run, self.display = run_id, experiment, run, display
-        self._history: list[dict[str, Any]] | None = None
+        self._lines: list[str] = []  # the history's lines (kept for object stores only)
         self._attempt: tuple[int, int] | None = None
         self._telemetry = self._bar = None
 
@@ -92,15 +94,25 @@ class RunMonitor(UserCallback):
         self._show(report)
 
     def _append(self, report: dict[str, Any]) -> None:
-        if self._history is None:
-            self._history = read_history(self.run)
+        """A local history grows by one line per report; it is rewritten once per attempt,
+        without the reports that the attempt trains again. An object store has no append:
+        there the object is written anew (O(reports) per report)."""
         attempt = (report["resumed_from_step"], report["restores"])
+        line = json.dumps(report) + "\n"
+        target = self.run.join(HISTORY_FILE)
         if attempt != self._attempt:  # a new attempt: drop what it will train again
             self._attempt = attempt
-            self._history = [r for r in self._history if r["step"] <= attempt[0]]
-        self._history.append(report)
-        lines = "".join(json.dumps(r) + "\n" for r in self._history)
-        write_text(self.run.join(HISTORY_FILE), lines)
+            kept = [r for r in read_history(self.run) if r["step"] <= attempt[0]]
+            self._lines = [json.dumps(r) + "\n" for r in kept]
+            write_text(target, "".join(self._lines) + line)
+            self._lines.append(line)
+            return
+        if target.is_remote:
+            self._lines.append(line)
+            write_text(target, "".join(self._lines))
+            return
+        with target.path.open("a") as history:
+            history.write(line)
 
     def _show(self, report: dict[str, Any]) -> None:
         step, total = report["step"], report["total_steps"]

@@ -17,11 +17,9 @@ from typing import Any
 
 import ray
 import ray.data
-from ray.data import ExecutionOptions
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
-    DataConfig,
     FailureConfig,
     RunConfig,
     ScalingConfig,
@@ -30,9 +28,8 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import checkpoint_at
-from orchestrator.data.order import epoch_name, epoch_order, epochs_needed
-from orchestrator.data.sources import SourceReport, read_sources
-from orchestrator.data.tokenize import tokenize_batch
+from orchestrator.data.compile import CompiledData, compile_sources
+from orchestrator.data.sources import SourceReport
 from orchestrator.estimate import negatives_per_query, total_steps
 from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.monitor import Display, RunMonitor, interactive_display, read_history
@@ -96,21 +93,6 @@ def run_location(spec: ExperimentSpec) -> Location:
     return Location.of(spec.storage).join(spec.name, spec.run_id)
 
 
-def _tokenized(spec: ExperimentSpec, model_path: str, clean: ray.data.Dataset) -> ray.data.Dataset:
-    prompts = {"anchor": spec.model.query_prompt, "*": spec.model.passage_prompt}
-    return clean.map_batches(
-        tokenize_batch,
-        batch_format="pyarrow",
-        batch_size=256,
-        num_cpus=spec.scaling.cpus_per_data_task,
-        fn_kwargs={
-            "model_path": model_path,
-            "max_length": spec.model.max_seq_length,
-            "prompts": prompts,
-        },
-    )
-
-
 @ray.remote
 def _evaluate_task(spec_json: dict, model_path: str) -> Evaluation:
     from orchestrator.finalize import evaluate_model
@@ -162,30 +144,11 @@ def _configure_ray_data() -> None:
     context.execution_options.preserve_order = True
 
 
-@dataclass
-class PreparedData:
-    """Tokenized, materialized sources in file order: read once for a run or a search's trials.
-
-    Each row keeps its stable identity (``order.ROW_ID``); the trainer orders every epoch from
-    it (:func:`epoch_datasets`).
-    """
-
-    datasets: dict[str, ray.data.Dataset]
-    reports: list[SourceReport]
-    seconds: float
-
-    @property
-    def rows(self) -> dict[str, int]:
-        return {r.name: r.rows for r in self.reports}
-
-
-def prepare_data(spec: ExperimentSpec, model_path: str) -> PreparedData:
-    t0 = time.time()
-    clean, reports = read_sources(spec.data, spec.scaling.cpus_per_data_task)
-    _check_rows(spec, reports)
-    datasets = {name: _tokenized(spec, model_path, ds).materialize() for name, ds in clean.items()}
-    _log_reports(reports)
-    return PreparedData(datasets, reports, time.time() - t0)
+def prepare_data(spec: ExperimentSpec, model_path: str) -> CompiledData:
+    """Every source compiled to token-id fragments (or found compiled), rows checked."""
+    data = compile_sources(spec, model_path)
+    _check_rows(spec, data.reports)
+    return data
 
 
 def evaluate_baseline(spec: ExperimentSpec, model_path: str) -> Evaluation:
@@ -235,8 +198,7 @@ def _run_holding(
     start = Location(resume_from, *location.connection) if resume_from else None
     steps = total_steps(spec, data.rows)
     display = interactive_display()
-    epochs = epoch_datasets(spec, data.datasets, steps)
-    result = build_trainer(spec, model_path, steps, epochs, start, display=display).fit()
+    result = build_trainer(spec, model_path, steps, data, start, display=display).fit()
     train_s = time.time() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
@@ -360,14 +322,15 @@ def build_trainer(
     spec: ExperimentSpec,
     model_path: str,
     steps: int,
-    epochs: dict[str, ray.data.Dataset],
+    data: CompiledData,
     start: Location | None,
     callbacks: list | None = None,
     display: Display = "none",
 ) -> TorchTrainer:
     """The run's ``TorchTrainer``; every report feeds a :class:`RunMonitor` and ``callbacks``.
 
-    ``epochs`` are the ordered epochs of :func:`epoch_datasets`.
+    The workers read ``data``'s compiled fragments themselves, each rank its own share
+    (:mod:`orchestrator.data.feed`): Ray Train is given no datasets.
 
     ``display`` is how the monitor shows progress (a search shows Tune's table instead).
     """
@@ -382,6 +345,7 @@ def build_trainer(
             "spec": spec.model_dump(mode="json"),
             "model_path": model_path,
             "total_steps": steps,
+            "compiled": {name: source.location for name, source in data.sources.items()},
             "resume_from": checkpoint_at(start) if start else None,
         },
         scaling_config=ScalingConfig(
@@ -401,70 +365,7 @@ def build_trainer(
             callbacks=[monitor, *(callbacks or [])],
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
-        datasets=epochs,
-        # Every rank reads whole sources in a fixed order and takes its slice of each global
-        # batch (see train_loop.rank_batches): exact resume needs that determinism.
-        dataset_config=DataConfig(
-            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
-        ),
     )
-
-
-def epoch_datasets(
-    spec: ExperimentSpec, datasets: dict[str, ray.data.Dataset], steps: int
-) -> dict[str, ray.data.Dataset]:
-    """Every epoch of every source that ``steps`` can reach, each in its own seeded order.
-
-    Ordered and materialized here, on the driver, with the cluster's CPUs: inside a training
-    worker Ray Data may only use what the workers leave free, and on a small machine that
-    is too little for a sort's tasks (it waits forever). Ray Train hands each epoch to the
-    workers by name (:func:`orchestrator.data.order.epoch_name`).
-    """
-    out = {}
-    for name, dataset in datasets.items():
-        for epoch in range(epochs_needed(dataset.count(), spec.train.batch_size, steps)):
-            out[epoch_name(name, epoch)] = epoch_order(
-                dataset,
-                spec.train.seed,
-                epoch,
-                spec.data.shuffle,
-                spec.scaling.cpus_per_data_task,
-            ).materialize()
-    return out
-
-
-@ray.remote(num_cpus=0)
-class _EpochOrders:
-    """Orders a run's epochs, and owns them, outside the caller's placement group.
-
-    A Tune trial runs in a placement group that captures the tasks it starts, and a sort's
-    shuffle tasks do not fit its 0.01 CPU; this actor is placed in no group, so its tasks are
-    scheduled as a driver's are. The ordered blocks live as long as the actor does.
-    """
-
-    def __init__(self, spec_json: dict, datasets: dict[str, ray.data.Dataset], steps: int):
-        _configure_ray_data()
-        spec = ExperimentSpec.model_validate(spec_json)
-        self._epochs = epoch_datasets(spec, datasets, steps)
-
-    def epochs(self) -> dict[str, ray.data.Dataset]:
-        return self._epochs
-
-
-def epochs_outside_placement_group(
-    spec: ExperimentSpec, datasets: dict[str, ray.data.Dataset], steps: int
-) -> tuple[dict[str, ray.data.Dataset], Any]:
-    """:func:`epoch_datasets` for code that runs in a placement group (a Tune trial).
-
-    Returns the epochs and the actor that owns them: keep it referenced until training ends.
-    """
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    holder = _EpochOrders.options(scheduling_strategy=outside).remote(
-        spec.model_dump(mode="json"), datasets, steps
-    )
-    return ray.get(holder.epochs.remote()), holder
 
 
 def _uri_of(checkpoint: Checkpoint, location: Location) -> str:
@@ -478,10 +379,3 @@ def _check_rows(spec: ExperimentSpec, reports: list[SourceReport]) -> None:
                 f"data.sources.{report.name}: {report.rows} usable row(s) cannot fill one global "
                 f"batch of train.batch_size={spec.train.batch_size}"
             )
-
-
-def _log_reports(reports: list[SourceReport]) -> None:
-    for r in reports:
-        log.info("source %s: %d rows, %d bad", r.name, r.rows, r.bad_rows)
-        for line in r.lines():
-            log.warning("  bad row %s", line)

@@ -330,14 +330,21 @@ class DataSpec(_Section):
     )
     shuffle: bool = Field(
         default=True,
-        description="Train each epoch in a seeded random order of the whole source (a pure "
-        "function of train.seed, the epoch and the rows); false: file order.",
+        description="Train each epoch in a seeded random order: the source's fragments "
+        "permuted, each worker's rows shuffled within data.shuffle_window (a pure function "
+        "of train.seed, the epoch and the world size); false: file order.",
     )
     bucket_window: int = Field(
         default=0,
         ge=0,
-        description="Length bucketing: regroup each window of this many shuffled global "
-        "batches into batches of similar lengths (less padding); 0 or 1: off.",
+        description="Length bucketing: regroup each window of this many shuffled batches "
+        "into batches of similar lengths (less padding); 0 or 1: off.",
+    )
+    shuffle_window: PositiveInt = Field(
+        default=32768,
+        description="Rows each worker shuffles together: its share of an epoch (fragments "
+        "in a seeded random order) is read in windows of this many rows, each shuffled on "
+        "its own. A worker's memory grows with it, never with the corpus.",
     )
 
     @field_validator("sources", "eval_sets")

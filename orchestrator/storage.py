@@ -330,10 +330,10 @@ def write_text(target: Location, text: str) -> None:
     write_bytes(target, text.encode())
 
 
-def read_text(source: Location) -> str:
+def read_bytes(source: Location) -> bytes:
     """Raises FileNotFoundError for a missing object or file."""
     if not source.is_remote:
-        return source.path.read_text()
+        return source.path.read_bytes()
     from botocore.exceptions import ClientError
 
     try:
@@ -342,7 +342,12 @@ def read_text(source: Location) -> str:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             raise FileNotFoundError(source.uri) from None
         raise
-    return body.read().decode()
+    return body.read()
+
+
+def read_text(source: Location) -> str:
+    """Raises FileNotFoundError for a missing object or file."""
+    return read_bytes(source).decode()
 
 
 def remove_tree(root: Location, keep: frozenset[str] = frozenset()) -> int:

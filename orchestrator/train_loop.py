@@ -1,7 +1,8 @@
 """The training recipe that every Ray Train worker runs, top to bottom.
 
 One step: the mixture names a source (identically on every rank) → each rank takes its next
-batch of that source → queries and passages are embedded in one DDP forward → the
+batch of that source, from its own share of the compiled fragments
+(:mod:`orchestrator.data.feed`) → queries and passages are embedded in one DDP forward → the
 sentence-transformers loss (negatives gathered across ranks) → backward, clip, step.
 Every ``checkpoint_every`` steps rank 0 saves what a resume needs, and all ranks report.
 """
@@ -19,7 +20,6 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
@@ -33,9 +33,10 @@ from transformers import get_scheduler
 
 from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import META_FILE, STATE_FILE, older_checkpoints
-from orchestrator.data.buckets import bucketed, token_counts
+from orchestrator.data.buckets import token_counts
+from orchestrator.data.compile import read_manifest
+from orchestrator.data.feed import FeedSettings, RankFeed, fragments_of
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
-from orchestrator.data.order import epoch_name
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
 from orchestrator.errors import DamagedCheckpointError
 from orchestrator.estimate import negatives_per_query
@@ -136,30 +137,29 @@ def build_optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim
     return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)
 
 
-def rank_batches(epoch_rows, spec: ExperimentSpec, rank: int, epoch: int) -> Iterator[dict]:
-    """This rank's slice of each global batch of one source's epoch (a Ray Data iterator).
-
-    Every rank reads the whole source in the epoch's order (a pure function of the seed, the
-    epoch and the rows: :mod:`orchestrator.data.order`) and keeps rows ``[rank*b, (rank+1)*b)``
-    of each global batch. Ray Data's ``streaming_split`` hands blocks to whichever rank asks
-    first, so after a restart ranks would see different rows and "skip the batches already
-    consumed" would skip other pairs. Reading everything on every rank costs reading bytes, not
-    training time, and makes each global step's pairs a pure function of (source, epoch, batch
-    index).
-    """
-    local = spec.per_worker_batch_size
-    batches = epoch_rows.iter_batches(
-        batch_size=spec.train.batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2
+def feed_settings(spec: ExperimentSpec) -> FeedSettings:
+    data = spec.data
+    return FeedSettings(
+        spec.per_worker_batch_size,
+        data.shuffle_window,
+        data.bucket_window,
+        data.shuffle,
+        spec.train.seed,
     )
-    if spec.data.bucket_window > 1:  # before slicing: every rank regroups the same way
-        batches = bucketed(batches, spec.data.bucket_window, [spec.train.seed, epoch])
-    for rows in batches:
-        yield {k: v[rank * local : (rank + 1) * local] for k, v in rows.items()}
 
 
-def _epoch_batches(spec: ExperimentSpec, source: str, rank: int, epoch: int) -> Iterator[dict]:
-    shard = ray.train.get_dataset_shard(epoch_name(source, epoch))
-    return rank_batches(shard, spec, rank, epoch)
+def source_feeds(
+    spec: ExperimentSpec, folders: dict[str, Location], rank: int, world: int
+) -> dict[str, RankFeed]:
+    """This rank's feed of every compiled source (``folders``: name → compiled folder)."""
+    feeds = {}
+    for name, folder in folders.items():
+        manifest = read_manifest(folder)
+        if manifest is None:
+            raise FileNotFoundError(f"source {name!r}: no compiled manifest in {folder.uri}")
+        fragments = fragments_of(manifest, spec.data.sources[name].max_rows)
+        feeds[name] = RankFeed(name, folder, fragments, feed_settings(spec), rank, world)
+    return feeds
 
 
 def chain_digest(digest: str, rows: dict[str, np.ndarray]) -> str:
@@ -362,14 +362,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     local_batch = spec.per_worker_batch_size
     positions = positions_from(meta.get("positions"), list(spec.data.sources))
-    streams = {
-        name: SourceStream(
-            name,
-            partial(_epoch_batches, spec, name, rank),
-            positions[name],
-        )
-        for name in spec.data.sources
-    }
+    feeds = source_feeds(spec, config["compiled"], rank, world)
+    streams = {name: SourceStream(name, feeds[name].batches, positions[name]) for name in feeds}
     mixed = MixedStream(
         Mixture({n: s.weight for n, s in spec.data.sources.items()}, spec.train.seed), streams
     )
@@ -433,6 +427,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data_wait_fraction": data_wait / elapsed,
             "padding_fraction": 1 - window_tokens / window_padded,
             "peak_memory_mib": peak_memory_mib(device),
+            "rows_decoded": sum(feed.reader.rows_decoded for feed in feeds.values()),
             "time": time.time(),
             "negatives_per_query": negatives_per_query(spec.loss, local_batch, world, hard),
             "trainable_params": trainable,

@@ -30,17 +30,16 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import checkpoint_at, latest_checkpoint
+from orchestrator.data.compile import CompiledData
 from orchestrator.errors import SearchInterrupted
 from orchestrator.estimate import total_steps
 from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.preflight import preflight
 from orchestrator.published import without_home
 from orchestrator.runner import (
-    PreparedData,
     RunResult,
     build_trainer,
     ensure_ray,
-    epochs_outside_placement_group,
     evaluate_baseline,
     finish,
     prepare_data,
@@ -106,10 +105,13 @@ def _run_trial(
     config: dict[str, Any],
     base_json: dict[str, Any],
     model_path: str,
-    datasets: dict[str, ray.data.Dataset],
-    rows: dict[str, int],
+    data: CompiledData,
 ) -> None:
-    """One Tune trial: the TorchTrainer of ``run`` for the base spec with this trial's values."""
+    """One Tune trial: the TorchTrainer of ``run`` for the base spec with this trial's values.
+
+    Trials read the search's compiled sources (a trial varies nothing the token ids depend
+    on: :data:`orchestrator.spec.SEARCHABLE`); each trial's workers read their own shares.
+    """
     base = ExperimentSpec.model_validate(base_json)
     metric = base.tune.metric_key
     params = base.tune.trial_params(config)
@@ -120,7 +122,7 @@ def _run_trial(
         log.warning("skipping %s", exc)
         ray_tune.report({metric: math.nan, "step": 0, "skipped": "; ".join(exc.problems)})
         return
-    steps = total_steps(spec, rows)
+    steps = total_steps(spec, data.rows)
     location = run_location(spec)
     write_text(location.join("spec.yaml"), spec.published_yaml())
     latest = latest_checkpoint(location)
@@ -129,8 +131,7 @@ def _run_trial(
         ray_tune.report({**latest[1]["metrics"], "reused_run": True})
         return
     callbacks = [_EvaluationReports(metric)]
-    epochs, _owner = epochs_outside_placement_group(spec, datasets, steps)  # alive until fit ends
-    build_trainer(spec, model_path, steps, epochs, None, callbacks).fit()
+    build_trainer(spec, model_path, steps, data, None, callbacks).fit()
 
 
 # --------------------------------------------------------------------------- the search
@@ -229,7 +230,7 @@ def _tuner(
     base: ExperimentSpec,
     location: Location,
     model_path: str,
-    data: PreparedData,
+    data: CompiledData,
     candidates: list[ExperimentSpec],
 ) -> ray_tune.Tuner:
     """A new Tuner, or the interrupted one restored with its finished trials kept."""
@@ -238,8 +239,7 @@ def _tuner(
             _run_trial,
             base_json=base.model_dump(mode="json"),
             model_path=model_path,
-            datasets=data.datasets,
-            rows=data.rows,
+            data=data,
         ),
         # The trial function only drives a TorchTrainer, whose workers reserve their own.
         {"cpu": 0.01},
@@ -380,7 +380,7 @@ def _publish(
     base: ExperimentSpec,
     row: TrialRow,
     model_path: str,
-    data: PreparedData,
+    data: CompiledData,
     baseline: dict[str, float],
 ) -> RunResult:
     """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""

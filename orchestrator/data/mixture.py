@@ -4,8 +4,8 @@ Ray Data has no notion of "each global batch comes from one dataset, chosen by w
 Jina/BGE practice that keeps gathered in-batch negatives in one domain), so it lives here.
 The choice for step *s* is a pure function of ``(seed, s)``: every rank computes it without
 communication, and a resumed run makes the same choices it would have made uninterrupted.
-Each source keeps its own position (epoch, batches consumed) so resume skips exactly what was
-already trained on.
+Each source keeps its own position (epoch, batches consumed): a resume starts each source
+exactly there.
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def positions_from(saved: Mapping[str, Any] | None, names: list[str]) -> dict[st
 
 
 class SourceStream:
-    """Endless batches of one source: reopens the data for each epoch, skips what was consumed.
+    """Endless batches of one source, epoch after epoch, from a saved position on.
 
-    ``open_epoch(epoch)`` returns a fresh iterator of batches for that epoch (shuffled with an
-    epoch-dependent seed, so a resumed epoch replays the same order and skipping is exact).
+    ``open_epoch(epoch, batch)`` returns that epoch's batches from index ``batch`` on (each
+    epoch in an order of its own, the same on every call: a resumed epoch starts exactly at
+    the batch where the checkpoint stopped, without reading the ones before).
     """
 
     def __init__(
-        self, name: str, open_epoch: Callable[[int], Iterator[Rows]], position: Position
+        self, name: str, open_epoch: Callable[[int, int], Iterator[Rows]], position: Position
     ) -> None:
         self.name = name
         self._open_epoch = open_epoch
@@ -67,14 +68,7 @@ class SourceStream:
         self._batches: Iterator[Rows] | None = None
 
     def _open(self) -> Iterator[Rows]:
-        batches = self._open_epoch(self.position.epoch)
-        for skipped in range(self.position.batch):  # resume mid-epoch
-            if next(batches, None) is None:
-                raise RuntimeError(
-                    f"source {self.name!r}: checkpoint is at batch {self.position.batch} of epoch "
-                    f"{self.position.epoch}, but the data now ends after {skipped} batches"
-                )
-        return batches
+        return self._open_epoch(self.position.epoch, self.position.batch)
 
     def next(self) -> Rows:
         for _ in range(2):  # the current epoch, then at most one fresh one

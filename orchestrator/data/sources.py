@@ -1,4 +1,4 @@
-"""Pair corpora on Ray Data: one dataset per source, mapped to canonical columns, cleaned.
+"""Pair corpora: rows mapped to canonical columns and cleaned, broken ones reported.
 
 Ray Data's own JSON/CSV readers stop at the first malformed row and drop file positions, so a
 small datasource reads each file itself and tags every row with its file, line and — when the
@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
 from orchestrator.data.files import EXTENSIONS, format_files
-from orchestrator.data.order import ROW_ID, row_ids
 from orchestrator.errors import BadRowsError
 from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 from orchestrator.storage import Location, arrow_filesystem, expand_remote
@@ -94,20 +92,69 @@ def converted(record: Any, mapping: dict[str, str]) -> tuple[dict[str, Any] | No
 
 def parse_records(data: bytes, file_format: str, delimiter: str = ",") -> Iterator[Parsed]:
     """(line or row number, record, parse problem) for every row of one file's bytes."""
+    yield from read_records(pa.BufferReader(data), file_format, delimiter)
+
+
+@dataclass
+class LineCount:
+    """Lines a JSONL range held, blank ones too (what the next range's numbers start after)."""
+
+    lines: int = 0
+
+
+def read_records(
+    f: pa.NativeFile,
+    file_format: str,
+    delimiter: str = ",",
+    start: int = 0,
+    stop: int = -1,
+    count: LineCount | None = None,
+) -> Iterator[Parsed]:
+    """(line or row number, record, parse problem) for the rows of an open file, streamed.
+
+    JSONL: the lines that begin in bytes ``[start, stop)`` (``stop=-1``: to the end), numbered
+    from 1 at ``start`` (so a range's numbers are offset by the lines of the ranges before
+    it). Parquet: row groups ``[start, stop)``, numbered from 1 at the first of them. CSV:
+    the whole file (a quoted cell may hold a newline, so a byte range cannot be parsed alone).
+    Nothing holds more than a line, a CSV record or a row group in memory.
+    """
     if file_format == "parquet":
-        table = pq.read_table(pa.BufferReader(data))
-        for number, record in enumerate(table.to_pylist(), start=1):
-            yield number, record, None
+        parquet = pq.ParquetFile(f)
+        stop = parquet.num_row_groups if stop < 0 else stop
+        number = 0
+        for group in range(start, stop):
+            for record in parquet.read_row_group(group).to_pylist():
+                number += 1
+                yield number, record, None
         return
-    # Bad bytes show up as U+FFFD (reported as garbled); a BOM (Excel's "CSV UTF-8") goes.
-    text = data.decode("utf-8-sig", errors="replace")
     if file_format == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        # Bad bytes show up as U+FFFD (reported as garbled); a BOM (Excel's "CSV UTF-8") goes.
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline="")
+        reader = csv.DictReader(text, delimiter=delimiter)
         for record in reader:
             yield reader.line_num, record, None
         return
-    # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085 inside JSON strings.
-    for number, line in enumerate(text.split("\n"), start=1):
+    yield from _json_lines(f, start, stop, count or LineCount())
+
+
+def _json_lines(f: pa.NativeFile, start: int, stop: int, count: LineCount) -> Iterator[Parsed]:
+    """JSON Lines that begin in ``[start, stop)``: a line belongs to the range of its first
+    byte, so consecutive ranges read every line exactly once."""
+    if start > 0:
+        f.seek(start - 1)
+    lines = io.BufferedReader(f, buffer_size=1 << 20)
+    position = start
+    if start > 0:  # the end of the line before (or just the newline that ends it)
+        position += len(lines.readline()) - 1
+    number = 0
+    while stop < 0 or position < stop:
+        raw = lines.readline()
+        if not raw:
+            return
+        position += len(raw)
+        number = count.lines = number + 1
+        # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085 in JSON strings.
+        line = raw.decode("utf-8-sig" if number == 1 and start == 0 else "utf-8", "replace")
         if not line.strip():
             continue
         try:
@@ -128,7 +175,9 @@ class PairFileDatasource(FileBasedDatasource):
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         rows: dict[str, list] = {c: [] for c in [*self._mapping, FILE, LINE, PROBLEM]}
-        records = parse_records(f.readall(), self._format, self._delimiter)
+        if self._format == "parquet":  # row groups need random access; Ray hands a stream
+            f = pa.BufferReader(f.readall())
+        records = read_records(f, self._format, self._delimiter)
         for number, record, problem in records:
             row, problem = (None, problem) if problem else converted(record, self._mapping)
             for canonical in self._mapping:
@@ -148,12 +197,8 @@ def _table(rows: dict[str, list]) -> pa.Table:
     return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in rows.items()})
 
 
-def _good_rows(batch: pa.Table, files: dict[str, int]) -> pa.Table:
-    """Usable rows, each with its stable identity (:data:`~orchestrator.data.order.ROW_ID`)."""
-    good = batch.filter(pc.is_null(batch[PROBLEM]))
-    file_index = np.array([files[f] for f in good[FILE].to_pylist()], dtype=np.uint64)
-    ids = row_ids(file_index, good[LINE].to_numpy())
-    return good.drop_columns([FILE, LINE, PROBLEM]).append_column(ROW_ID, pa.array(ids))
+def _good_rows(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch[PROBLEM])).drop_columns([FILE, LINE, PROBLEM])
 
 
 def _bad_rows(batch: pa.Table) -> pa.Table:
@@ -207,10 +252,8 @@ def local_rows(source: Source) -> Iterator[tuple[dict[str, Any] | None, str | No
 def read_source(
     name: str, source: Source, num_cpus: float = 0.5
 ) -> tuple[ray.data.Dataset, SourceReport]:
-    """One source → (clean dataset of canonical columns, report).
-
-    The tagged rows are materialized once; the clean dataset stays lazy, so the runner
-    materializes it a single time, after tokenization.
+    """One source → (clean dataset of canonical text columns, report), for side stages that
+    need the texts (mining); training reads compiled sources (:mod:`orchestrator.data.compile`).
     """
     import ray.data
 
@@ -224,12 +267,7 @@ def read_source(
     inputs = sorted(read.input_files())  # known before materializing only
     tagged = read.materialize()
     bad = tagged.map_batches(_bad_rows, batch_format="pyarrow", num_cpus=num_cpus).materialize()
-    clean = tagged.map_batches(
-        _good_rows,
-        batch_format="pyarrow",
-        fn_kwargs={"files": {datasource.scheme + f: i for i, f in enumerate(inputs)}},
-        num_cpus=num_cpus,
-    )
+    clean = tagged.map_batches(_good_rows, batch_format="pyarrow", num_cpus=num_cpus)
     bad_rows = bad.count()
     rows = tagged.count() - bad_rows
     if source.max_rows:
@@ -252,10 +290,15 @@ def read_sources(
     for name, source in data.sources.items():
         datasets[name], report = read_source(name, source, num_cpus)
         reports.append(report)
+    check_bad_rows(reports, data.on_bad_rows)
+    return datasets, reports
+
+
+def check_bad_rows(reports: list[SourceReport], policy: str) -> None:
+    """Raise :class:`BadRowsError` naming each source's first broken row under ``fail``."""
     broken = [r for r in reports if r.bad_rows]
-    if broken and data.on_bad_rows == "fail":
+    if broken and policy == "fail":
         lines = [
             f"data.sources.{r.name}: {r.bad_rows} bad row(s), e.g. {r.lines()[0]}" for r in broken
         ]
         raise BadRowsError("broken rows with data.on_bad_rows=fail:\n  " + "\n  ".join(lines))
-    return datasets, reports

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.data.order import ROW_ID
 from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 
 if TYPE_CHECKING:
@@ -128,7 +127,7 @@ def tokenize_batch(
         prompt = prompts.get(column, prompts.get("*", ""))
         ids = encode([prompt + text for text in batch.column(column).to_pylist()])
         out[column + IDS_SUFFIX] = pa.array(ids, type=pa.list_(pa.int32()))
-    for column in (SCORE, LABEL, ROW_ID):  # scored / labeled pairs keep their number
+    for column in (SCORE, LABEL):  # scored / labeled pairs keep their number
         if column in batch.column_names:
             out[column] = batch.column(column)
     return pa.table(out)

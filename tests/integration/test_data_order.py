@@ -2,6 +2,8 @@
 
 The runs that went wrong stored their tokenized blocks in the order their tasks finished and
 shuffled in a small buffer, so which pairs the first steps saw depended on start-up timing.
+Compiled fragments are named and listed by their place in the files, and each rank's epoch is
+a pure function of the manifest, the seed, the epoch and the world size.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def _split_source(root: Path, files: int, rows_per_file: int) -> Path:
-    """A pair source in several files: a read and a tokenize task each (over 256 rows, the
-    tokenizer's batch, so that no task takes two files)."""
+    """A pair source in several files: a compile task each."""
     from tests.conftest import pairs, write_jsonl
 
     rows = pairs(5, files * rows_per_file)
@@ -33,27 +34,26 @@ def _split_source(root: Path, files: int, rows_per_file: int) -> Path:
     return root / "split"
 
 
-def _epoch_digests(datasets, epochs: int, shuffle: bool = True) -> list[str]:
-    from orchestrator.data.order import epoch_order
-    from orchestrator.train_loop import chain_digest
+def _epoch_digests(spec, data, epochs: int, world: int = 1) -> list[str]:
+    from orchestrator.train_loop import chain_digest, source_feeds
 
-    (dataset,) = datasets.values()
+    folders = {name: source.location for name, source in data.sources.items()}
     digests = []
-    for epoch in range(epochs):
-        digest = ""
-        ordered = epoch_order(dataset, 42, epoch, shuffle, 0.25)
-        for rows in ordered.iter_batches(batch_size=8, batch_format="numpy", drop_last=True):
-            digest = chain_digest(digest, rows)
-        digests.append(digest)
+    for rank in range(world):
+        (feed,) = source_feeds(spec, folders, rank, world).values()
+        for epoch in range(epochs):
+            digest = ""
+            for rows in feed.batches(epoch):
+                digest = chain_digest(digest, rows)
+            digests.append(digest)
     return digests
 
 
-def test_a_slow_first_task_changes_nothing_and_epochs_span_the_source(
+def test_a_slow_first_task_changes_nothing_and_each_epoch_has_its_order(
     ray_cluster, tiny_model, corpora, tmp_path, monkeypatch
 ):
+    import orchestrator.data.compile as compiling
     import orchestrator.runner as runner
-    from orchestrator.data.order import ROW_ID
-    from orchestrator.data.tokenize import tokenize_batch
     from orchestrator.spec import load_spec
     from tests.conftest import tiny_spec_dict
 
@@ -61,43 +61,31 @@ def test_a_slow_first_task_changes_nothing_and_epochs_span_the_source(
     colors = raw["data"]["sources"]["colors"]
     colors["path"] = str(_split_source(tmp_path, files=4, rows_per_file=300))
     del raw["data"]["sources"]["more"]
-    spec = load_spec(raw)
-    model_path = spec.model.base
     runner.ensure_ray()
+    specs = {}
+    for name in ("calm", "delayed"):  # two storage roots: the second must compile, not reuse
+        raw["storage"]["uri"] = str(tmp_path / name)
+        specs[name] = load_spec(raw)
+    model_path = specs["calm"].model.base
 
-    calm_data = runner.prepare_data(spec, model_path).datasets
-    calm, file_order = _epoch_digests(calm_data, 2), _epoch_digests(calm_data, 1, shuffle=False)
+    calm = runner.prepare_data(specs["calm"], model_path)
+    calm_digests = _epoch_digests(specs["calm"], calm, 2, world=2)
 
-    def slow_first_block(batch, **kwargs):
-        if 1 in batch[ROW_ID].to_pylist():  # file 0, line 1: the first block in file order
+    def slow_first_chunk(item, **kwargs):
+        if item["index"] == 0:  # the first file's chunk finishes last
             time.sleep(3)
-        return tokenize_batch(batch, **kwargs)
+        return compiling.compile_chunk(item, **kwargs)
 
-    monkeypatch.setattr(runner, "tokenize_batch", slow_first_block)
-    delayed = runner.prepare_data(spec, model_path)
-    assert _epoch_digests(delayed.datasets, 2) == calm
-    # The stored blocks are in file order too (what `max_rows` keeps, and `shuffle: false`).
-    assert _epoch_digests(delayed.datasets, 1, shuffle=False) == file_order
-    assert calm[0] != calm[1], "each epoch has an order of its own"
-
-    # An epoch is the whole source sorted by its keys: its first batch draws from every file.
-    import numpy as np
-
-    from orchestrator.data.order import epoch_order, order_keys
-
-    (dataset,) = delayed.datasets.values()
-    stored = dataset.select_columns([ROW_ID, "anchor__ids"]).take_all()
-    assert len({r[ROW_ID] for r in stored}) == len(stored) == 1200
-    assert [r[ROW_ID] >> 32 for r in stored[:3]] == [0, 0, 0], "stored in file order"
-    keys = order_keys(np.array([r[ROW_ID] for r in stored], dtype=np.uint64), 42, 0)
-    expected = [stored[i] for i in np.argsort(keys)[:8]]
-    assert len({r[ROW_ID] >> 32 for r in expected}) >= 3
-    first = epoch_order(dataset, 42, 0, True, 0.25).take(8)
-    assert [list(r["anchor__ids"]) for r in first] == [list(r["anchor__ids"]) for r in expected]
-    unshuffled = epoch_order(dataset, 42, 0, False, 0.25).take(3)
-    assert [list(r["anchor__ids"]) for r in unshuffled] == [
-        list(r["anchor__ids"]) for r in stored[:3]
+    monkeypatch.setattr(compiling, "compile_chunk", slow_first_chunk)
+    delayed = runner.prepare_data(specs["delayed"], model_path)
+    assert not delayed.sources["colors"].reused
+    checksums = [
+        [f["sha256"] for f in data.sources["colors"].manifest["fragments"]]
+        for data in (calm, delayed)
     ]
+    assert checksums[0] == checksums[1], "the same fragments, in file order"
+    assert _epoch_digests(specs["delayed"], delayed, 2, world=2) == calm_digests
+    assert len(set(calm_digests)) == 4, "each epoch and each rank has an order of its own"
 
 
 def _driver(spec_path: Path, env: dict[str, str]) -> subprocess.Popen:

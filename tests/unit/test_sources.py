@@ -117,9 +117,7 @@ def data_spec(sources: dict, loss: str = "infonce", **fields) -> DataSpec:
 
 
 def rows_of(dataset) -> list[dict]:
-    """The rows without their identity column (tested on its own)."""
-    rows = [{k: v for k, v in r.items() if k != "_row"} for r in dataset.take_all()]
-    return sorted(rows, key=lambda r: r["anchor"])
+    return sorted(dataset.take_all(), key=lambda r: r["anchor"])
 
 
 def qa(i: int, **extra) -> dict:
@@ -174,7 +172,7 @@ def test_columns_without_negatives_give_anchor_and_positive_only(tmp_path):
     path.write_text(json.dumps(qa(1)) + "\n")
     pairs_only = {"anchor": "question", "positive": "answer"}
     dataset, _ = read_source("s", source(path, columns=pairs_only))
-    assert dataset.take_all() == [{"anchor": "q1", "positive": "a1", "_row": 1}]
+    assert dataset.take_all() == [{"anchor": "q1", "positive": "a1"}]
 
 
 def test_jsonl_text_with_a_unicode_line_separator_is_one_row(tmp_path):
@@ -244,7 +242,6 @@ def test_parquet_rows_are_numbered_from_one(tmp_path):
         f"{path}:4: empty 'answer' (positive)",
     ]
     assert rows_of(dataset)[1] == {"anchor": "q2", "positive": "a2", "negative_1": "w2"}
-    assert sorted(r["_row"] for r in dataset.take_all()) == [1, 2]  # file 0, rows 1 and 2
 
 
 def test_parquet_non_text_column_is_reported(tmp_path):
