@@ -1,13 +1,16 @@
 """What a run will do, told on the laptop before it is submitted: rows, steps, pairs, tokens.
 
-Reads the local sources with the same parser and row checks as the cluster's reader and
-tokenizes a sample with the base model's tokenizer, so a spec that would train for 3 steps
-or 40 epochs is noticed before it queues for GPUs. Sources in object storage are not
-downloaded for this: their rows show as unknown.
+A source compiled already (``orchestrator data compile``, or an earlier run) is read from its
+manifest: exact rows, bad rows and tokens, also for sources in object storage. Otherwise the
+local sources are read with the same parser and row checks as the compile and a sample is
+tokenized with the base model's tokenizer, so a spec that would train for 3 steps or 40 epochs
+is noticed before it queues for GPUs; sources in object storage are then not downloaded, and
+their rows show as unknown.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from orchestrator.data.sources import local_rows
 from orchestrator.spec import ExperimentSpec, InfoNCELoss, Loss
 
 SAMPLE_ROWS = 512
+log = logging.getLogger("orchestrator")
 
 
 @dataclass
@@ -74,6 +78,15 @@ def estimate(spec: ExperimentSpec) -> Estimate:
     sources = []
     for name, source in spec.data.sources.items():
         share = weights[name] / sum(weights.values())
+        if manifest := _compiled(spec, source):
+            rows = (
+                manifest["rows"]
+                if source.max_rows is None
+                else min(manifest["rows"], source.max_rows)
+            )
+            tokens = manifest["tokens"] / max(manifest["rows"], 1)
+            sources.append(SourceEstimate(name, rows, manifest["bad_rows"], share, tokens))
+            continue
         if source.path.startswith("s3://"):
             sources.append(SourceEstimate(name, None, None, share, None))
             continue
@@ -100,6 +113,20 @@ def estimate(spec: ExperimentSpec) -> Estimate:
         ),
         tokens=tokens,
     )
+
+
+def _compiled(spec: ExperimentSpec, source) -> dict | None:
+    """The source's compiled manifest, if the model is here and the compile is reachable."""
+    from orchestrator.data.compile import find_compiled
+
+    path = resolve_model(spec.model.base, fetch=False)
+    if not Path(path).is_dir():
+        return None
+    try:
+        return find_compiled(spec, source, path)
+    except Exception as exc:  # unreachable storage or files: count the rows instead
+        log.debug("no compiled manifest for %s: %s", source.path, exc)
+        return None
 
 
 def _count(source) -> tuple[int, int, list[list[str]]]:

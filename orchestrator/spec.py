@@ -756,7 +756,7 @@ class StorageSpec(_Section):
 #: baseline, and their metrics stay comparable.
 SEARCHABLE = re.compile(
     r"(loss|lora)(\..+)?|train\.(?!eval_every$).+|scaling\..+|data\.sources\.[^.]+\.weight"
-    r"|data\.shuffle|data\.bucket_window|model\.attention_dropout"
+    r"|data\.shuffle(_window)?|data\.bucket_window|model\.attention_dropout"
 )
 
 
@@ -873,8 +873,8 @@ class TuneSpec(_Section):
                 problems.append(
                     f"{where}: not searchable; trials share the model, data files, evaluation "
                     "and storage. Search loss.*, lora.*, train.* (not eval_every), scaling.*, "
-                    "data.sources.<name>.weight, data.shuffle, data.bucket_window, "
-                    "model.attention_dropout"
+                    "data.sources.<name>.weight, data.shuffle, data.shuffle_window, "
+                    "data.bucket_window, model.attention_dropout"
                 )
             name = path.split(".")[2] if path.startswith("data.sources.") else None
             if name and name not in spec.data.sources:

@@ -319,6 +319,12 @@ def build_manifest(
     }
 
 
+def find_compiled(spec: ExperimentSpec, source: Source, model_path: str) -> dict[str, Any] | None:
+    """The manifest of ``source`` if it is compiled already (for estimates: no Ray, no job)."""
+    files = source_files(source)
+    return read_manifest(compiled_location(spec, compile_key(spec, source, files, model_path)))
+
+
 def compile_source(
     spec: ExperimentSpec, name: str, source: Source, model_path: str
 ) -> CompiledSource:

@@ -1,32 +1,43 @@
-"""A training worker is killed mid-run: the run recovers and trains on exactly the same data."""
+"""A training worker or a whole node is lost mid-run: the run recovers and trains on exactly
+the same data."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
 
-def test_killed_worker_recovers_and_matches_an_undisturbed_run(
-    ray_cluster, tiny_model, corpora, tmp_path
-):
-    from sentence_transformers import SentenceTransformer
-
+@pytest.fixture(scope="module")
+def undisturbed(ray_cluster, tiny_model, corpora, tmp_path_factory):
+    """The spec both failures are rehearsed on, and its undisturbed run."""
     from orchestrator import run
     from tests.conftest import tiny_spec_dict
 
-    spec = tiny_spec_dict(tiny_model, corpora, tmp_path)
+    spec = tiny_spec_dict(tiny_model, corpora, tmp_path_factory.mktemp("calm"))
     spec["train"].update(max_steps=10, checkpoint_every=3)
     spec["scaling"]["max_failures"] = 1
     spec["data"]["bucket_window"] = 4  # length-bucketed batches replay exactly too
-    undisturbed = run(spec)
+    return spec, run(spec)
 
+
+def test_killed_worker_recovers_and_matches_an_undisturbed_run(undisturbed, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from orchestrator import run
+
+    spec, undisturbed = undisturbed
     chaos = copy.deepcopy(spec)
+    chaos["storage"]["uri"] = str(tmp_path / "runs")
     chaos["testing"] = {"kill_worker_at_step": 5, "kill_rank": 1}  # last checkpoint: step 3
     disturbed = run(chaos)
 
@@ -49,3 +60,33 @@ def test_killed_worker_recovers_and_matches_an_undisturbed_run(
     a = SentenceTransformer(str(undisturbed.model_dir)).encode(texts)
     b = SentenceTransformer(str(disturbed.model_dir)).encode(texts)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_lost_node_is_recovered_from_with_the_same_data(undisturbed, tmp_path):
+    """Two nodes, a training worker on each; the second node's raylet is killed after the
+    first checkpoint. The run restarts on the nodes left (and one that joins), resumes from
+    its checkpoint and trains on exactly the pairs of the undisturbed run."""
+    spec, calm = undisturbed
+    lost = copy.deepcopy(spec)
+    lost["storage"]["uri"] = str(tmp_path / "runs")
+    lost["scaling"]["cpus_per_worker"] = 1  # one worker per one-CPU node
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(lost))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.two_nodes", str(path), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    outcome = json.loads(out.read_text())
+    assert "error" not in outcome, outcome["error"]
+    assert outcome["spread"], "the two workers were not on different nodes"
+    hit = outcome["summary"]
+    assert hit["restores"] == 1, "the lost node was recovered from"
+    for key in ("steps", "pairs_seen", "source_steps", "stream_digests"):
+        assert hit[key] == calm.summary[key], key

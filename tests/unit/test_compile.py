@@ -123,3 +123,17 @@ def test_csv_is_compiled_and_on_bad_rows_fail_names_the_row(spec_for, tiny_model
     spec = spec_for(path, "csv", on_bad_rows="fail")
     with pytest.raises(BadRowsError, match=r"s\.csv:5: empty 'question'"):
         compile_sources(spec, tiny_model)
+
+
+def test_the_estimate_reads_a_compiled_sources_manifest(
+    spec_for, tiny_model, tmp_path, monkeypatch
+):
+    import orchestrator.estimate as estimating
+
+    path = write_jsonl(tmp_path / "s.jsonl", pairs(5, 40))
+    spec = spec_for(path)
+    compiled = compile_source(spec, "s", spec.data.sources["s"], tiny_model)
+    monkeypatch.setattr(estimating, "_count", None)  # must not read the file again
+    (source,) = estimating.estimate(spec).sources
+    assert source.rows == 40
+    assert source.tokens_per_row == compiled.manifest["tokens"] / 40

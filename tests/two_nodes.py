@@ -1,0 +1,69 @@
+"""Run a spec on a two-node Ray cluster on this machine, and lose the second node mid-run.
+
+    python -m tests.two_nodes SPEC.yaml OUT.json
+
+Ray's own ``ray.cluster_utils.Cluster`` starts a head and a second raylet with one CPU each,
+so the run's two one-CPU training workers sit on different nodes. Once the run has written a
+checkpoint, the second node's raylet is killed (not drained) and a fresh node joins; the run
+must recover from its checkpoint (``scaling.max_failures``). OUT.json gets the run's summary
+and whether both nodes held a training worker when the node went. A script of its own: a
+process holds one Ray, and the test session's is a single node.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+
+def _checkpointed(storage: Path) -> bool:
+    return any(storage.rglob("checkpoint_*/manifest.json"))
+
+
+def _cpus_left_per_node() -> list[float]:
+    from ray._private.state import available_resources_per_node
+
+    return [resources.get("CPU", 0.0) for resources in available_resources_per_node().values()]
+
+
+def main(spec_path: str, out_path: str) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestrator import run
+
+    storage = Path(yaml.safe_load(Path(spec_path).read_text())["storage"]["uri"])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    second = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["summary"] = run(spec_path).summary
+        except BaseException as exc:  # reported in OUT.json, not lost in a thread
+            outcome["error"] = repr(exc)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.time() + 300
+    while not _checkpointed(storage):
+        if not thread.is_alive() or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    outcome["spread"] = _cpus_left_per_node() == [0.0, 0.0]  # a worker on each node
+    cluster.remove_node(second, allow_graceful=False)
+    cluster.add_node(num_cpus=1)
+    thread.join(timeout=600)
+    Path(out_path).write_text(json.dumps(outcome, indent=2))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
