@@ -81,6 +81,7 @@ class RunMonitor(UserCallback):
         self.run_id, self.experiment, self.run, self.display = run_id, experiment, run, display
         self._lines: list[str] = []  # the history's lines (kept for object stores only)
         self._attempt: tuple[int, int] | None = None
+        self._last_step = -1
         self._telemetry = self._bar = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
@@ -100,19 +101,20 @@ class RunMonitor(UserCallback):
         attempt = (report["resumed_from_step"], report["restores"])
         line = json.dumps(report) + "\n"
         target = self.run.join(HISTORY_FILE)
-        if attempt != self._attempt:  # a new attempt: drop what it will train again
-            self._attempt = attempt
+        # A new attempt (also one restarted before any checkpoint, whose step goes back):
+        # drop what it will train again.
+        new_attempt = attempt != self._attempt or report["step"] <= self._last_step
+        self._attempt, self._last_step = attempt, report["step"]
+        if new_attempt:
             kept = [r for r in read_history(self.run) if r["step"] <= attempt[0]]
-            self._lines = [json.dumps(r) + "\n" for r in kept]
-            write_text(target, "".join(self._lines) + line)
-            self._lines.append(line)
-            return
-        if target.is_remote:
+            self._lines = [json.dumps(r) + "\n" for r in kept] + [line]
+            write_text(target, "".join(self._lines))
+        elif target.is_remote:
             self._lines.append(line)
             write_text(target, "".join(self._lines))
-            return
-        with target.path.open("a") as history:
-            history.write(line)
+        else:
+            with target.path.open("a") as history:
+                history.write(line)
 
     def _show(self, report: dict[str, Any]) -> None:
         step, total = report["step"], report["total_steps"]

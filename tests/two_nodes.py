@@ -3,11 +3,11 @@
     python -m tests.two_nodes SPEC.yaml OUT.json
 
 Ray's own ``ray.cluster_utils.Cluster`` starts a head and a second raylet with one CPU each,
-so the run's two one-CPU training workers sit on different nodes. Once the run has written a
-checkpoint, the second node's raylet is killed (not drained) and a fresh node joins; the run
-must recover from its checkpoint (``scaling.max_failures``). OUT.json gets the run's summary
-and whether both nodes held a training worker when the node went. A script of its own: a
-process holds one Ray, and the test session's is a single node.
+so the run's two one-CPU training workers sit on different nodes. Once Ray Train has
+registered a checkpoint, the second node's raylet is killed (not drained) and a fresh node
+joins; the run must recover from that checkpoint (``scaling.max_failures``). OUT.json gets
+the run's summary and whether both nodes held a training worker when the node went. A
+script of its own: a process holds one Ray, and the test session's is a single node.
 """
 
 from __future__ import annotations
@@ -16,13 +16,21 @@ import json
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
 
 
-def _checkpointed(storage: Path) -> bool:
-    return any(storage.rglob("checkpoint_*/manifest.json"))
+def registered_checkpoints(storage: Path) -> list[Path]:
+    """The checkpoint folders Ray Train's snapshot lists for the run under ``storage`` (a
+    checkpoint on disk is not yet one a restart restores until it is listed there)."""
+    snapshots = list(storage.rglob("checkpoint_manager_snapshot.json"))
+    with suppress(ValueError):  # not yet written, or caught mid-write
+        snapshot = json.loads(snapshots[0].read_text()) if snapshots else {}
+        names = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
+        return sorted(snapshots[0].parent / name for name in names)
+    return []
 
 
 def _cpus_left_per_node() -> list[float]:
@@ -52,7 +60,7 @@ def main(spec_path: str, out_path: str) -> None:
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.time() + 300
-    while not _checkpointed(storage):
+    while not registered_checkpoints(storage):
         if not thread.is_alive() or time.time() > deadline:
             break
         time.sleep(0.1)

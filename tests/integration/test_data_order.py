@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -98,16 +97,6 @@ def _driver(spec_path: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _registered_checkpoints(storage: Path) -> list[Path]:
-    """The checkpoint folders Ray Train's snapshot lists for the run under ``storage``."""
-    snapshots = list(storage.rglob("checkpoint_manager_snapshot.json"))
-    with suppress(ValueError):  # not yet written, or caught mid-write
-        snapshot = json.loads(snapshots[0].read_text()) if snapshots else {}
-        names = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
-        return sorted(snapshots[0].parent / name for name in names)
-    return []
-
-
 def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
     ray_cluster, tiny_model, corpora, tmp_path
 ):
@@ -119,6 +108,7 @@ def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
     import ray
 
     from tests.conftest import tiny_spec_dict
+    from tests.two_nodes import registered_checkpoints
 
     raw = tiny_spec_dict(tiny_model, corpora, tmp_path)
     raw["train"].update(max_steps=12, checkpoint_every=4)
@@ -134,7 +124,7 @@ def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
     shared = {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     killed = _driver(specs["killed"], shared)
     deadline = time.time() + 240
-    while len(_registered_checkpoints(tmp_path / "killed")) < 2:
+    while len(registered_checkpoints(tmp_path / "killed")) < 2:
         assert killed.poll() is None and time.time() < deadline, killed.communicate()[0]
         time.sleep(0.1)
     killed.send_signal(signal.SIGKILL)
@@ -142,7 +132,7 @@ def test_a_killed_driver_rerun_trains_on_what_an_undisturbed_run_did(
     assert not list((tmp_path / "killed").rglob("summary.json")), "killed before the end"
     # What the rerun restores: the newest checkpoint Ray Train registered (a later one may be
     # on disk unregistered). A disk that lost the end of its state.pt:
-    newest = _registered_checkpoints(tmp_path / "killed")[-1] / "state.pt"
+    newest = registered_checkpoints(tmp_path / "killed")[-1] / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
 
     rerun = _driver(specs["killed"], shared)

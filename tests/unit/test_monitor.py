@@ -24,8 +24,10 @@ def monitor(tmp_path) -> RunMonitor:
 
 
 def test_the_run_report_is_rank_zeros_with_tokens_summed_over_workers():
-    merged = run_report([report(3, **{"eval/ndcg@10": 0.5}), report(3)])
-    assert merged["tokens_per_s"] == 200.0
+    merged = run_report(
+        [report(3, rows_decoded=5, **{"eval/ndcg@10": 0.5}), report(3, rows_decoded=7)]
+    )
+    assert merged["tokens_per_s"] == 200.0 and merged["rows_decoded"] == 12
     assert merged["eval/ndcg@10"] == 0.5 and merged["pairs_per_s"] == 10.0
 
 
@@ -45,6 +47,26 @@ def test_a_restart_replaces_the_steps_it_trains_again(tmp_path):
     history = read_history(m.run)
     assert [r["step"] for r in history] == [1, 2, 3]
     assert history[-1]["restores"] == 1
+
+
+def test_a_restart_before_any_checkpoint_starts_the_history_again(tmp_path):
+    m = monitor(tmp_path)
+    for step in (1, 2):
+        m._append(report(step))
+    m._append(report(1))  # a node lost before the first checkpoint: step 1 again, from 0
+    m._append(report(2, loss=0.7))
+    assert [(r["step"], r["loss"]) for r in read_history(m.run)] == [(1, 1.0), (2, 0.7)]
+
+
+def test_a_local_history_is_appended_not_rewritten(tmp_path, monkeypatch):
+    import orchestrator.monitor as monitoring
+
+    m = monitor(tmp_path)
+    m._append(report(1))  # the attempt's first report writes the file
+    monkeypatch.setattr(monitoring, "write_text", None)  # later ones must only append
+    for step in (2, 3):
+        m._append(report(step))
+    assert [r["step"] for r in read_history(m.run)] == [1, 2, 3]
 
 
 def test_a_resumed_run_in_a_new_process_continues_the_file(tmp_path):
