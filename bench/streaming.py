@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -96,7 +97,7 @@ def bench_spec(rows: int, work: Path):
             "loss": {"kind": "infonce", "temperature": 0.05},
             "train": {"max_steps": 1, "batch_size": 32, "checkpoint_every": 1, "log_every": 1},
             "scaling": {"num_workers": 2, "cpus_per_worker": 1, "cpus_per_data_task": 1},
-            "storage": {"uri": str(work / "runs")},
+            "storage": {"uri": str(work / f"runs-{rows}")},
         }
     )
 
@@ -131,10 +132,12 @@ def run_case(rows: int, object_store_mib: int, work: Path) -> dict[str, Any]:
     import ray
 
     from orchestrator.assets import resolve_model
-    from orchestrator.runner import build_trainer, ensure_ray, prepare_data
+    from orchestrator.monitor import read_history
+    from orchestrator.runner import build_trainer, ensure_ray, prepare_data, run_location
     from orchestrator.train_loop import source_feeds
 
     spec = bench_spec(rows, work)
+    shutil.rmtree(spec.storage.uri, ignore_errors=True)  # compile and train from scratch
     model_path = resolve_model(spec.model.base)
     init = {"num_cpus": 2, "object_store_memory": object_store_mib << 20}
 
@@ -146,24 +149,15 @@ def run_case(rows: int, object_store_mib: int, work: Path) -> dict[str, Any]:
         compile_s = time.perf_counter() - t0
     ray.shutdown()
 
-    first_report: dict[str, Any] = {}
-
-    from ray.train import UserCallback
-
-    class Timer(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            if not first_report:
-                first_report["s"] = time.perf_counter() - t0
-                first_report["rss"] = max(m["peak_memory_mib"] for m in metrics)
-
-    t0 = time.perf_counter()
+    started = time.time()  # wall clock: the first report's time comes from another process
     ray.init(**init)
     ensure_ray()
     with ObjectStoreSampler() as train_store:
         again = prepare_data(spec, model_path)
         assert all(s.reused for s in again.sources.values())
-        build_trainer(spec, model_path, 1, again, None, [Timer()]).fit()
+        build_trainer(spec, model_path, 1, again, None).fit()
     ray.shutdown()
+    (first, *_) = read_history(run_location(spec))
 
     folders = {name: source.location for name, source in data.sources.items()}
     decoded = 0
@@ -188,10 +182,10 @@ def run_case(rows: int, object_store_mib: int, work: Path) -> dict[str, Any]:
         "rows": total_rows,
         "compile_s": round(compile_s, 2),
         "compile_rows_per_s": round(total_rows / compile_s),
-        "first_step_s": round(first_report["s"], 2),
+        "first_step_s": round(first["time"] - started, 2),
         "peak_object_store_mib": round(max(compile_store.peak, train_store.peak) / 2**20, 1),
         "spilled_mib": round(max(compile_store.spilled, train_store.spilled) / 2**20, 1),
-        "peak_worker_rss_mib": round(first_report["rss"]),
+        "peak_worker_rss_mib": round(first["peak_memory_mib"]),
         "rows_decoded_per_epoch": decoded,
         "resume_at_0pct_s": round(resume[0.0], 3),
         "resume_at_90pct_s": round(resume[0.9], 3),
@@ -208,6 +202,23 @@ def run_case(rows: int, object_store_mib: int, work: Path) -> dict[str, Any]:
     }
 
 
+def run_cases(script: str, args: argparse.Namespace, cwd: Path = ROOT) -> list[dict[str, Any]]:
+    """``script --case N`` for every ``--rows`` value, each in a fresh process (and Ray) in
+    ``cwd`` (Ray's workers import the project from the driver's working directory)."""
+    cases = []
+    for rows in args.rows:
+        command = [sys.executable, script, "--case", str(rows), "--work", args.work]
+        command += ["--object-store-mib", str(args.object_store_mib)]
+        out = subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=False)
+        result = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if result is None:
+            cases.append({"rows": rows, "failed": (out.stdout + out.stderr)[-3000:]})
+        else:
+            cases.append(json.loads(result.removeprefix("RESULT ")))
+        print(json.dumps(cases[-1]), flush=True)
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 3_000_000])
@@ -220,16 +231,9 @@ def main() -> None:
     if args.case:
         print("RESULT " + json.dumps(run_case(args.case, args.object_store_mib, Path(args.work))))
         return
-    cases = []
-    for rows in args.rows:
-        command = [sys.executable, __file__, "--case", str(rows), "--work", args.work]
-        command += ["--object-store-mib", str(args.object_store_mib)]
-        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
-        result = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if result is None:
-            sys.exit(f"case {rows} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        cases.append(json.loads(result.removeprefix("RESULT ")))
-        print(json.dumps(cases[-1]), flush=True)
+    cases = run_cases(__file__, args)
+    if failed := [c for c in cases if "failed" in c]:
+        sys.exit(f"case {failed[0]['rows']} failed:\n{failed[0]['failed']}")
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()

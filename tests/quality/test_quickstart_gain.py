@@ -21,11 +21,13 @@ pytestmark = pytest.mark.quality
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
-#: Three seeds of the quickstart's recipe (LoRA with a same-article hard negative, merged at
-#: alpha 0.5) gained +0.0175 to +0.0234 NDCG@10 on the test split, each interval about ±0.0065
-#: (bench/quality.py --seeds, in bench/RESULTS.md); the data-order bug left +0.0002. Below
-#: this floor something was lost.
-MIN_GAIN = 0.015
+#: Six data orders of the quickstart's recipe (LoRA with a same-article hard negative, merged
+#: at alpha 0.5; three seeds on the compiled corpus, three on the data path before it) gained
+#: +0.0161 to +0.0234 NDCG@10 on the test split, each interval about ±0.0062, sd 0.0034 over
+#: seeds (bench/quality.py --seeds, in bench/RESULTS.md); this test's seed gives +0.0161. Any
+#: change of the data order draws anew from that spread, so the floor sits one sd below its
+#: lowest figure; the data-order bug left +0.0002, lr 1e-7 +0.0003. Below it something was lost.
+MIN_GAIN = 0.012
 
 
 def test_the_quickstart_improves_beyond_noise_and_keeps_general_ability(tmp_path, monkeypatch):
