@@ -4,6 +4,7 @@ A run is ``<root>/<name>/<run id>/``. Its status comes from what is there, trust
 manifests: ``complete`` (model published with a manifest), ``incomplete upload`` (model files
 but no manifest), ``checkpointed`` (training checkpoints only: running, failed or interrupted).
 A search (``<root>/<name>/tune-<id>/``) is listed as ``search``, with its best trial's verdict.
+The compiled sources beside the runs (``<root>/_compiled/``) are not runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from orchestrator.storage import MANIFEST, Location, list_keys, read_text
+from orchestrator.storage import COMPILED_DIR, MANIFEST, Location, list_keys, read_text
 
 COMPLETE, INCOMPLETE, CHECKPOINTED, EMPTY = "complete", "incomplete upload", "checkpointed", "empty"
 SEARCH = "search"
@@ -75,7 +76,7 @@ def list_runs(root: Location) -> list[dict[str, Any]]:
     by_run: dict[tuple[str, str], set[str]] = defaultdict(set)
     for key in list_keys(root):
         parts = key.split("/", 2)
-        if len(parts) == 3:
+        if len(parts) == 3 and parts[0] != COMPILED_DIR:
             by_run[(parts[0], parts[1])].add(parts[2])
     return [
         describe(root.join(name, run_id), keys) for (name, run_id), keys in sorted(by_run.items())

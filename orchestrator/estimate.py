@@ -1,7 +1,7 @@
 """What a run will do, told on the laptop before it is submitted: rows, steps, pairs, tokens.
 
-A source compiled already (``orchestrator data compile``, or an earlier run) is read from its
-manifest: exact rows, bad rows and tokens, also for sources in object storage. Otherwise the
+A local source compiled already into local storage (``orchestrator data compile``, or an
+earlier run) is read from its manifest: exact rows, bad rows and tokens. Otherwise the
 local sources are read with the same parser and row checks as the compile and a sample is
 tokenized with the base model's tokenizer, so a spec that would train for 3 steps or 40 epochs
 is noticed before it queues for GPUs; sources in object storage are then not downloaded, and
@@ -10,7 +10,6 @@ their rows show as unknown.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from orchestrator.data.sources import local_rows
 from orchestrator.spec import ExperimentSpec, InfoNCELoss, Loss
 
 SAMPLE_ROWS = 512
-log = logging.getLogger("orchestrator")
 
 
 @dataclass
@@ -116,16 +114,17 @@ def estimate(spec: ExperimentSpec) -> Estimate:
 
 
 def _compiled(spec: ExperimentSpec, source) -> dict | None:
-    """The source's compiled manifest, if the model is here and the compile is reachable."""
+    """The source's compiled manifest, for a local source compiled into local storage with
+    the model here; None otherwise (an estimate makes no network calls)."""
     from orchestrator.data.compile import find_compiled
 
     path = resolve_model(spec.model.base, fetch=False)
-    if not Path(path).is_dir():
+    remote = source.path.startswith("s3://") or spec.storage.uri.startswith("s3://")
+    if remote or not Path(path).is_dir():
         return None
     try:
         return find_compiled(spec, source, path)
-    except Exception as exc:  # unreachable storage or files: count the rows instead
-        log.debug("no compiled manifest for %s: %s", source.path, exc)
+    except FileNotFoundError:  # a file that vanished: counting says which
         return None
 
 

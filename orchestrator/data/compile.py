@@ -45,7 +45,14 @@ from orchestrator.data.sources import (
 )
 from orchestrator.data.tokenize import IDS_SUFFIX, tokenize_batch, transformer_folder
 from orchestrator.spec import LABEL, SCORE
-from orchestrator.storage import Location, arrow_filesystem, expand_remote, read_text, write_bytes
+from orchestrator.storage import (
+    COMPILED_DIR,
+    Location,
+    arrow_filesystem,
+    expand_remote,
+    read_text,
+    write_bytes,
+)
 
 if TYPE_CHECKING:
     from orchestrator.spec import ExperimentSpec, Source
@@ -61,7 +68,6 @@ FRAGMENT_ROWS = 1024
 #: Bytes of a JSONL file per read task, Parquet rows per read task.
 CHUNK_BYTES = 8 << 20
 CHUNK_ROWS = 65536
-COMPILED_DIR = "_compiled"
 MANIFEST_FILE = "manifest.json"
 #: Files of a model folder that are not the tokenizer's (weights): left out of the key.
 _WEIGHTS = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".ckpt"}

@@ -179,4 +179,4 @@ def test_mined_file_trains_as_a_source_with_negatives(mined, tiny_model, corpora
     datasets, reports = read_sources(spec.data, spec.scaling.cpus_per_data_task)
     assert (reports[0].rows, reports[0].bad_rows) == (len(rows), 0)
     first = datasets["mined"].take(1)[0]
-    assert set(first) == {"anchor", "positive", *negatives, "_row"}  # _row: its file and line
+    assert set(first) == {"anchor", "positive", *negatives}

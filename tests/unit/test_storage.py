@@ -162,8 +162,11 @@ def test_runs_list_tells_complete_incomplete_and_checkpointed(where, bucket, s3_
     _fake_run(root, "qs", "ccc", {"checkpoint_1/meta.json": '{"step": 10}'})
     search = {"verdict": summary["verdict"], "trials": []}
     _fake_run(root, "qs", "tune-ddd", {"summary.json": json.dumps(search), "results.md": "|"})
+    _fake_run(
+        root, "_compiled", "0123abcd", {"fragments/000000-0000.parquet": "", "manifest.json": "{}"}
+    )
 
-    rows = {r["run_id"]: r for r in list_runs(root)}
+    rows = {r["run_id"]: r for r in list_runs(root)}  # compiled sources are not runs
     assert {k: r["status"] for k, r in rows.items()} == {
         "aaa": "complete",
         "bbb": "incomplete upload",
