@@ -36,8 +36,8 @@ def main() -> None:
     from orchestrator.assets import resolve_model
     from orchestrator.evaluation import evaluate_split
     from orchestrator.finalize import guard_drop_of, pick_alpha
+    from orchestrator.layout import run_location
     from orchestrator.modeling import interpolated, load_encoder
-    from orchestrator.runner import run_location
     from orchestrator.spec import load_spec
 
     spec = load_spec(args.spec, args.set)

@@ -35,6 +35,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def ours_run(spec) -> dict[str, Any]:
     from orchestrator import run
 
     result = run(spec, fresh=True)
-    timings = result.summary["timings_s"]
+    timings = result.summary.timings_s
     return {
         "baseline": result.baseline,
         "finetuned": result.finetuned,
@@ -195,18 +196,19 @@ def seeded_runs(
             record = {
                 "seed": seed,
                 "alpha": alpha,
-                "verdict": judged,
+                "verdict": asdict(judged),
                 "validation": {main: validation.metrics[main]},
-                "steps": result.summary["steps"],
-                "train_s": result.summary["timings_s"]["train"],
+                "steps": result.summary.steps,
+                "train_s": result.summary.timings_s["train"],
             }
             if guard:
-                record["guard"] = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
+                judged_guard = guard_verdict(guard.metric_key, guard.max_drop, base, figures)
+                record["guard"] = asdict(judged_guard)
                 drop = guard_drop_of(base_validation, validation, guard.metric_key)
                 record["validation"].update(drop)
             if verdicts := domain_verdicts(spec, main, base, figures):
-                record["domains"] = {n: v["delta"] for n, v in verdicts.items()}
-                record["domain_intervals"] = {n: v["interval"] for n, v in verdicts.items()}
+                record["domains"] = {n: v.delta for n, v in verdicts.items()}
+                record["domain_intervals"] = {n: v.interval for n, v in verdicts.items()}
             seed_rows.append(record)
         if guard:
             choice = [{"alpha": r["alpha"], **r["validation"]} for r in seed_rows]

@@ -55,7 +55,7 @@ def run_into(endpoint: str) -> None:
     print(f"pulled {len(manifest['files'])} files, checksums verified; encode -> {shape}")
     print(json.dumps(orchestrator.list_runs("s3://runs/demo", endpoint_url=endpoint), indent=1))
     print(comparison_table(result.summary))
-    print(f"total {time.time() - started:.0f}s; timings {result.summary['timings_s']}")
+    print(f"total {time.time() - started:.0f}s; timings {result.summary.timings_s}")
 
 
 if __name__ == "__main__":

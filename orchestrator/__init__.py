@@ -26,15 +26,9 @@ __all__ = [
 
 def validate(spec, overrides: list[str] | None = None, check_files: bool = True) -> ExperimentSpec:
     """Load and check a spec (and, by default, the files and model it names)."""
-    from orchestrator.preflight import preflight
-    from orchestrator.search_space import check_space
+    from orchestrator.preflight import validated
 
-    spec = load_spec(spec, overrides)
-    if check_files:
-        preflight(spec)
-    if spec.tune:
-        check_space(spec)
-    return spec
+    return validated(spec, overrides, check_files)
 
 
 def run(
@@ -51,7 +45,8 @@ def compile_data(spec, overrides: list[str] | None = None):
     resumes and searches with the same files and tokenizing); a ``CompiledData``."""
     from orchestrator.assets import resolve_model
     from orchestrator.preflight import preflight
-    from orchestrator.runner import ensure_ray, prepare_data
+    from orchestrator.ray_init import ensure_ray
+    from orchestrator.runner import prepare_data
 
     spec = load_spec(spec, overrides)
     preflight(spec)

@@ -19,25 +19,28 @@ from orchestrator.spec import SpecError
 
 def _print_result(result) -> None:
     from orchestrator.export import comparison_table
+    from orchestrator.layout import SUMMARY_FILE
     from orchestrator.verdict import headline
 
     s = result.summary
     print(
-        f"\nrun {s['run_id']}: {s['steps']} steps, {s['pairs_seen']} pairs, "
-        f"{s['negatives_per_query']} negatives/query, {s['timings_s']['total']:.0f}s"
+        f"\nrun {s.run_id}: {s.steps} steps, {s.pairs_seen} pairs, "
+        f"{s.negatives_per_query} negatives/query, {s.timings_s['total']:.0f}s"
     )
     print(comparison_table(s))
-    if merge := s.get("merge"):
-        chosen = f" (chosen on {merge['split']})" if merge["split"] else ""
-        print(f"merged: {merge['chosen']} x the fine-tuned weights' change{chosen}")
-    tone, sentence = headline(s)
+    if merge := s.merge:
+        chosen = f" (chosen on {merge.split})" if merge.split else ""
+        print(f"merged: {merge.chosen} x the fine-tuned weights' change{chosen}")
+    tone, sentence = headline(s.verdict, s.rejected)
     print(("\n" if tone == "good" else "\nWARNING: ") + sentence)
-    print(f"model:   {result.model_uri}\nsummary: {result.run_uri}/summary.json")
+    print(f"model:   {result.model_uri}\nsummary: {result.run_uri}/{SUMMARY_FILE}")
 
 
 def _print_search(result) -> None:
+    from orchestrator.layout import RESULTS_CSV, RESULTS_MD, RESULTS_PLOT
+
     print("\n" + result.table)
-    print(f"results: {result.tune_uri}/results.csv, results.md, metric_vs_step.png")
+    print(f"results: {result.tune_uri}/{RESULTS_CSV}, {RESULTS_MD}, {RESULTS_PLOT}")
     if result.best is None:
         print("no trial finished: nothing to publish")
     else:

@@ -9,67 +9,81 @@ The compiled sources beside the runs (``<root>/_compiled/``) are not runs.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
-from orchestrator.storage import COMPILED_DIR, MANIFEST, Location, list_keys, read_text
+from pydantic import ValidationError
+
+from orchestrator.layout import (
+    CHECKPOINT_PREFIX,
+    COMPILED_DIR,
+    MODEL_DIR,
+    RESULTS_MD,
+    SUMMARY_FILE,
+)
+from orchestrator.storage import MANIFEST, Location, list_keys, read_text
+from orchestrator.summary import (
+    RunSummary,
+    SearchSummary,
+    parse_run_summary,
+    parse_search_summary,
+    summary_dict,
+)
 
 COMPLETE, INCOMPLETE, CHECKPOINTED, EMPTY = "complete", "incomplete upload", "checkpointed", "empty"
 SEARCH = "search"
 
 
 def status_of(keys: set[str]) -> str:
-    if "results.md" in keys:
+    if RESULTS_MD in keys:
         return SEARCH
-    if f"model/{MANIFEST}" in keys:
+    if f"{MODEL_DIR}/{MANIFEST}" in keys:
         return COMPLETE
-    if any(k.startswith("model/") for k in keys):
+    if any(k.startswith(f"{MODEL_DIR}/") for k in keys):
         return INCOMPLETE
-    if any(k.startswith("checkpoint_") for k in keys):
+    if any(k.startswith(CHECKPOINT_PREFIX) for k in keys):
         return CHECKPOINTED
     return EMPTY
 
 
 def describe(run: Location, keys: set[str]) -> dict[str, Any]:
     name, run_id = run.uri.rstrip("/").split("/")[-2:]
-    row: dict[str, Any] = {
-        "name": name,
-        "run_id": run_id,
-        "uri": run.uri,
-        "status": status_of(keys),
-    }
-    summary = _summary(run, keys)
+    status = status_of(keys)
+    row: dict[str, Any] = {"name": name, "run_id": run_id, "uri": run.uri, "status": status}
+    summary = _summary(run, keys, search=status == SEARCH)
     if isinstance(summary, str):
         row["status"] += f" ({summary})"
-    elif summary is not None:
-        verdict = summary.get("verdict") or {}
+        return row
+    if isinstance(summary, RunSummary):
+        row.update(spec_hash=summary.spec_hash, steps=summary.steps)
+    if summary is not None and (verdict := summary.verdict) is not None:
         row.update(
-            spec_hash=summary.get("spec_hash"),
-            steps=summary.get("steps"),
-            metric=verdict.get("metric"),
-            baseline=verdict.get("baseline"),
-            finetuned=verdict.get("finetuned"),
-            improved=verdict.get("improved"),
+            metric=verdict.metric,
+            baseline=verdict.baseline,
+            finetuned=verdict.finetuned,
+            improved=verdict.improved,
         )
     return row
 
 
-def _summary(run: Location, keys: set[str]) -> dict[str, Any] | str | None:
-    """A run's summary.json; a short reason instead when it cannot be read; None without one.
+def _summary(
+    run: Location, keys: set[str], search: bool
+) -> RunSummary | SearchSummary | str | None:
+    """A run's or a search's summary.json; a short reason instead when it cannot be read; None
+    without one.
 
     Writes are atomic, but a copy made by other tools, a full disk or a hand edit can still
     leave a torn file: one such run must not hide the others from the listing.
     """
-    if "summary.json" not in keys:
+    if SUMMARY_FILE not in keys:
         return None
     try:
-        summary = json.loads(read_text(run.join("summary.json")))
+        text = read_text(run.join(SUMMARY_FILE))
+        return parse_search_summary(text) if search else parse_run_summary(text)
     except FileNotFoundError:
-        return "summary.json vanished"
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "summary.json unreadable"
-    return summary if isinstance(summary, dict) else "summary.json unreadable"
+        return f"{SUMMARY_FILE} vanished"
+    except (ValidationError, UnicodeDecodeError):
+        return f"{SUMMARY_FILE} unreadable"
 
 
 def list_runs(root: Location) -> list[dict[str, Any]]:
@@ -86,8 +100,8 @@ def list_runs(root: Location) -> list[dict[str, Any]]:
 def show_run(run: Location) -> dict[str, Any]:
     keys = set(list_keys(run))
     row = describe(run, keys)
-    if isinstance(summary := _summary(run, keys), dict):
-        row["summary"] = summary
+    if isinstance(summary := _summary(run, keys, search=row["status"] == SEARCH), RunSummary):
+        row["summary"] = summary_dict(summary)
     return row
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.published import without_home
 from orchestrator.spec import ExperimentSpec
 from orchestrator.verdict import headline
+
+if TYPE_CHECKING:
+    from orchestrator.summary import Judgement, RunSummary
 
 
 def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir: str) -> str:
@@ -40,19 +44,19 @@ SET_HEADLINE = ("accuracy", "roc_auc", "spearman")
 
 
 def compared(
-    summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE
+    judgement: Judgement, metrics: tuple[str, ...] = HEADLINE
 ) -> list[tuple[str, float, float, float]]:
     """(metric, base, fine-tuned, Δ): the verdict's, ``metrics``, each named set's headline,
     and the guard's."""
-    base, tuned = summary["baseline"], summary["finetuned"]
-    headline = (*SET_HEADLINE, _metric(summary["verdict"]["metric"]))  # retrieval sets: main's
-    guard = (summary["verdict"].get("guard") or {}).get("metric")
+    base, tuned, main = judgement.baseline, judgement.finetuned, judgement.verdict.metric
+    headline = (*SET_HEADLINE, _metric(main))  # retrieval sets: the main metric
+    guard = judgement.verdict.guard.metric if judgement.verdict.guard else None
     sets = [
         n
         for n in base
         if "/" in n and not n.startswith("dim") and _metric(n) in headline and n != guard
     ]
-    names = dict.fromkeys((summary["verdict"]["metric"], *metrics, *sets, *([guard] * bool(guard))))
+    names = dict.fromkeys((main, *metrics, *sets, *([guard] * bool(guard))))
     return [(n, base[n], tuned[n], tuned[n] - base[n]) for n in names if n in base and n in tuned]
 
 
@@ -60,21 +64,20 @@ def _metric(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = HEADLINE) -> str:
+def comparison_table(judgement: Judgement, metrics: tuple[str, ...] = HEADLINE) -> str:
     """Markdown table of base vs fine-tuned: the verdict's metric first, then ``metrics``."""
     rows = ["| metric | base | fine-tuned | Δ |", "|---|---:|---:|---:|"]
-    for name, base, tuned, delta in compared(summary, metrics):
+    for name, base, tuned, delta in compared(judgement, metrics):
         rows.append(f"| {name} | {base:.4f} | {tuned:.4f} | {delta:+.4f} |")
     return "\n".join(rows)
 
 
-def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
+def _training_lines(spec: ExperimentSpec, summary: RunSummary) -> list[str]:
     from orchestrator.estimate import negatives_phrase
 
-    steps_by_source = summary.get("source_steps") or {}
     lines = [
         f"- `{name}` ({src.format}, {src.columns.format}, weight {src.weight}): "
-        f"{summary['sources'][name]['rows']} usable rows, {steps_by_source.get(name, 0)} steps"
+        f"{summary.sources[name].rows} usable rows, {summary.source_steps.get(name, 0)} steps"
         for name, src in spec.data.sources.items()
     ]
     loss = spec.loss
@@ -82,7 +85,7 @@ def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
     symmetric = ", symmetric" if getattr(loss, "symmetric", False) else ""
     lines.append(
         f"- Loss: `{loss.kind}`{tau}{symmetric}; "
-        f"{negatives_phrase(summary['negatives_per_query'])} per step"
+        f"{negatives_phrase(summary.negatives_per_query)} per step"
     )
     if spec.lora:
         modules = ", ".join(spec.lora.target_modules)
@@ -90,8 +93,8 @@ def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
     else:
         lines.append("- Full fine-tuning")
     lines.append(
-        f"- {summary['steps']} steps, global batch {spec.train.batch_size} over "
-        f"{spec.scaling.num_workers} worker(s), {summary['pairs_seen']} pairs seen"
+        f"- {summary.steps} steps, global batch {spec.train.batch_size} over "
+        f"{spec.scaling.num_workers} worker(s), {summary.pairs_seen} pairs seen"
     )
     lines.append(
         f"- Prompts: query {spec.model.query_prompt!r}, passage {spec.model.passage_prompt!r}"
@@ -99,12 +102,12 @@ def _training_lines(spec: ExperimentSpec, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: dict[str, Any]) -> None:
+def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: RunSummary) -> None:
     """README.md (model card) plus metrics.json next to the exported weights."""
-    (model_dir / "metrics.json").write_text(
-        json.dumps({k: summary[k] for k in ("baseline", "finetuned", "verdict")}, indent=2)
-    )
-    _, outcome = headline(summary)
+    figures = {"baseline": summary.baseline, "finetuned": summary.finetuned}
+    verdict = asdict(summary.verdict)
+    (model_dir / "metrics.json").write_text(json.dumps({**figures, "verdict": verdict}, indent=2))
+    _, outcome = headline(summary.verdict, summary.rejected)
     training = "\n".join(_training_lines(spec, summary))
     card = f"""---
 library_name: sentence-transformers
@@ -115,7 +118,7 @@ tags: [sentence-transformers, sentence-similarity, embedding-orchestrator]
 
 # {spec.name}
 
-Fine-tuned from `{spec.model.base}` by embedding-orchestrator (run `{summary["run_id"]}`).
+Fine-tuned from `{spec.model.base}` by embedding-orchestrator (run `{summary.run_id}`).
 {outcome} (held-out test set; the interval is a paired bootstrap 95 % interval over its
 queries).
 

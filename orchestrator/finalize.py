@@ -25,13 +25,14 @@ import torch
 
 from orchestrator.evaluation import Split, evaluate_split
 from orchestrator.export import export_model, write_model_card
+from orchestrator.layout import MODEL_DIR, REJECTED_DIR
 from orchestrator.modeling import interpolated, load_encoder
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import Location, publish
+from orchestrator.summary import Judgement, MergeChoice, RunSummary, Trained
 from orchestrator.verdict import Evaluation, guard_verdict, standard_error, verdict
 
 log = logging.getLogger("orchestrator")
-REJECTED = "model.rejected"
 
 
 def evaluate_model(spec: ExperimentSpec, model_path: str, split: Split = "test") -> Evaluation:
@@ -41,7 +42,7 @@ def evaluate_model(spec: ExperimentSpec, model_path: str, split: Split = "test")
     return evaluate_split(load_encoder(model_path, spec.model, device), spec, split)
 
 
-def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> dict[str, Any]:
+def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> MergeChoice:
     """Evaluate every ``merge.alphas`` on the validation split; write the chosen model.
 
     See :func:`pick_alpha` for the choice. A single alpha is applied without evaluating
@@ -54,7 +55,7 @@ def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> dict[
     if len(spec.merge.alphas) == 1:  # nothing to choose: apply it (bench/quality.py chose it)
         (alpha,) = spec.merge.alphas
         model_with(model, interpolated(base, tuned, alpha)).save(str(tuned_dir))
-        return {"split": None, "alphas": [{"alpha": alpha}], "chosen": alpha}
+        return MergeChoice(chosen=alpha, split=None, alphas=[{"alpha": alpha}])
     key = guard.metric_key
     base_figures = evaluate_split(model_with(model, base), spec, "validation")
     rows = []
@@ -76,12 +77,7 @@ def choose_alpha(spec: ExperimentSpec, base_path: str, tuned_dir: Path) -> dict[
     if chosen["alpha"] != 1.0:
         model_with(model, interpolated(base, tuned, chosen["alpha"])).save(str(tuned_dir))
     split = "validation" if spec.data.validation and guard.validation else "test"
-    return {
-        "split": split,
-        "base": base_figures.metrics,
-        "alphas": rows,
-        "chosen": chosen["alpha"],
-    }
+    return MergeChoice(chosen=chosen["alpha"], split=split, alphas=rows, base=base_figures.metrics)
 
 
 def guard_drop_of(base: Evaluation, figures: Evaluation, key: str) -> dict[str, float]:
@@ -117,38 +113,40 @@ def finalize(
     base_path: str,
     checkpoint: Any,
     run: Location,
-    summary: dict[str, Any],
+    trained: Trained,
     baseline: Evaluation | None,
-) -> dict[str, Any]:
-    """Steps 1-5 above; returns what the summary gains (figures, verdicts, merge, timings)."""
+) -> tuple[Judgement, dict[str, float]]:
+    """Steps 1-5 above: the judgement, and the seconds its phases took."""
     timings = {}
     if baseline is None:
         started = time.time()
         baseline = evaluate_model(spec, base_path)
         timings["baseline_eval"] = time.time() - started
     started = time.time()
-    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "model"
+        folder = Path(scratch) / MODEL_DIR
         export_model(spec, base_path, checkpoint, str(folder))
-        if spec.merge:
-            out["merge"] = choose_alpha(spec, base_path, folder)
+        merge = choose_alpha(spec, base_path, folder) if spec.merge else None
         finetuned = evaluate_model(spec, str(folder))
-        out["baseline"], out["finetuned"] = baseline.metrics, finetuned.metrics
-        out["verdict"] = verdict(spec.eval.main_metric, baseline, finetuned)
+        judged = verdict(spec.eval.main_metric, baseline, finetuned)
         guard = spec.eval.guard
         if guard:
-            judged = guard_verdict(guard.metric_key, guard.max_drop, baseline, finetuned)
-            out["verdict"]["guard"] = judged
-            if judged["forgot"]:
-                out["verdict"]["improved"] = False
-        rejected = bool(guard and out["verdict"]["guard"]["forgot"]) and not (
-            spec.eval.accept_forgetting
+            judged = judged.with_guard(
+                guard_verdict(guard.metric_key, guard.max_drop, baseline, finetuned)
+            )
+        forgot = judged.guard is not None and judged.guard.forgot
+        rejected = forgot and not spec.eval.accept_forgetting
+        target = run.join(REJECTED_DIR if rejected else MODEL_DIR)
+        judgement = Judgement(
+            baseline=baseline.metrics,
+            finetuned=finetuned.metrics,
+            verdict=judged,
+            model_uri=target.uri,
+            rejected=rejected,
+            merge=merge,
         )
-        target = run.join(REJECTED if rejected else "model")
-        out["model_uri"], out["rejected"] = target.uri, rejected
-        write_model_card(folder, spec, {**summary, **out})
-        metrics = {k: out[k] for k in ("baseline", "finetuned")}
+        write_model_card(folder, spec, RunSummary.of(trained, judgement, timings_s={}))
+        metrics = {"baseline": baseline.metrics, "finetuned": finetuned.metrics}
         publish(folder, target, run_id=spec.run_id, spec_hash=spec.hash(), metrics=metrics)
     timings["export_and_eval"] = time.time() - started
-    return out | {"timings": timings}
+    return judgement, timings

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlparse
 
-import orchestrator
 from orchestrator.assets import KNOWN_MODELS, SPEC_PREFIX, resolve_model
 from orchestrator.credentials import SECRET_NAME, credential_in
+from orchestrator.layout import SPEC_FILE, run_location, tune_location
+from orchestrator.preflight import validated
 from orchestrator.spec import ExperimentSpec, SpecError
 
 if TYPE_CHECKING:
@@ -153,14 +154,14 @@ def stage(
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         _link_or_copy(str(local), str(folder / relative))
     staged = ExperimentSpec.model_validate(raw)
-    (folder / "spec.yaml").write_text(staged.to_yaml())
+    (folder / SPEC_FILE).write_text(staged.to_yaml())
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env_vars = {"TOKENIZERS_PARALLELISM": "false", **forwarded, **env}
-    package = Path(orchestrator.__file__).parent
+    package = Path(__file__).parent
     return Submission(
         spec=staged,
         command=command,
-        entrypoint=f"python -m orchestrator {command} spec.yaml",
+        entrypoint=f"python -m orchestrator {command} {SPEC_FILE}",
         runtime_env={
             "working_dir": str(folder),
             "py_modules": [str(package)],
@@ -319,21 +320,20 @@ class JobHandle:
 
 def read_result(spec: ExperimentSpec, command: str) -> RunResult:
     """A finished run's ``RunResult`` from its storage; for a search, its best trial's."""
-    import json
-
-    from orchestrator.runner import RunResult, run_location
-    from orchestrator.storage import Location, read_text
+    from orchestrator.runner import RunResult
+    from orchestrator.storage import Location
+    from orchestrator.summary import read_run_summary, read_search_summary
 
     run = run_location(spec)
     if command == "tune":
-        from orchestrator.tuning import tune_location
-
-        search = json.loads(read_text(tune_location(spec).join("summary.json")))
-        if not search["best_run_uri"]:
+        search = read_search_summary(tune_location(spec))
+        if not search.best_run_uri:
             raise JobFailedError(f"search {spec.name!r} finished without a best trial")
-        run = Location(search["best_run_uri"], *run.connection)
-    summary = json.loads(read_text(run.join("summary.json")))
-    return RunResult(summary["run_id"], run.uri, summary["model_uri"], summary)
+        run = Location(search.best_run_uri, *run.connection)
+    summary = read_run_summary(run)
+    if summary is None:
+        raise JobFailedError(f"the job ended without a readable summary in {run.uri}")
+    return RunResult.of(run, summary)
 
 
 def submit(
@@ -354,7 +354,7 @@ def submit(
     spec file's folder too.
     """
     spec_folder = Path(spec).expanduser().resolve().parent if isinstance(spec, str | Path) else None
-    spec = orchestrator.validate(spec, overrides)
+    spec = validated(spec, overrides)
     command = command or ("tune" if spec.tune else "run")
     if command not in ("run", "tune"):
         raise ValueError(f"command must be 'run' or 'tune', not {command!r}")

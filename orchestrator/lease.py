@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.errors import RunBusyError
+from orchestrator.layout import LEASE_FILE
 from orchestrator.storage import Location, read_text, remove_file, write_text
 
 log = logging.getLogger("orchestrator")
-LEASE_FILE = "lease.json"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0
 

@@ -419,7 +419,7 @@ def mine(spec: ExperimentSpec, source: str, out_path: str, config: MiningConfig)
     ``negative_1..k`` (hardest first), ``positive_score`` and ``negative_scores``: a source
     for training with ``columns.negatives: [negative_1, ...]``.
     """
-    from orchestrator.runner import ensure_ray
+    from orchestrator.ray_init import ensure_ray
 
     ensure_ray()
     model = resolve_model(config.model or spec.model.base)

@@ -15,27 +15,15 @@ from typing import Any, Literal
 
 from ray.train import UserCallback
 
+from orchestrator.layout import HISTORY_FILE
+from orchestrator.step_report import StepReport, run_report
 from orchestrator.storage import Location, read_text, write_text
-from orchestrator.telemetry import EVAL_PREFIX
 
-HISTORY_FILE = "history.jsonl"
 log = logging.getLogger("orchestrator")
 Display = Literal["bar", "log", "none"]
 
 
-def run_report(worker_reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report for the run: rank 0's, tokens/s and rows decoded summed, peak memory the
-    largest."""
-    report = dict(worker_reports[0])
-    for summed in ("tokens_per_s", "rows_decoded"):
-        if all(summed in r for r in worker_reports):
-            report[summed] = sum(r[summed] for r in worker_reports)
-    if all("peak_memory_mib" in r for r in worker_reports):
-        report["peak_memory_mib"] = max(r["peak_memory_mib"] for r in worker_reports)
-    return report
-
-
-def read_history(run: Location) -> list[dict[str, Any]]:
+def read_history(run: Location) -> list[StepReport]:
     """The reports of a run so far (empty for a run that has not reported yet)."""
     try:
         text = read_text(run.join(HISTORY_FILE))
@@ -45,20 +33,19 @@ def read_history(run: Location) -> list[dict[str, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         try:
             if line:
-                reports.append(json.loads(line))
+                reports.append(StepReport.from_metrics(json.loads(line)))
         except json.JSONDecodeError:  # a torn line (a crash mid-copy): the others still count
             log.warning("%s line %d is torn; skipped", run.join(HISTORY_FILE).uri, number)
+        except TypeError:  # valid JSON, but a required field is missing: not ours
+            where = run.join(HISTORY_FILE).uri
+            log.warning("%s line %d is not a training report; skipped", where, number)
     return reports
 
 
-def describe(report: dict[str, Any]) -> str:
+def describe(report: StepReport) -> str:
     """``loss 0.412 · 35.1 pairs/s``, plus the evaluation metrics of an evaluation report."""
-    parts = [f"loss {report['loss']:.3f}", f"{report['pairs_per_s']:.1f} pairs/s"]
-    parts += [
-        f"{k.removeprefix(EVAL_PREFIX)} {v:.4f}"
-        for k, v in report.items()
-        if k.startswith(EVAL_PREFIX)
-    ]
+    parts = [f"loss {report.loss:.3f}", f"{report.pairs_per_s:.1f} pairs/s"]
+    parts += [f"{name} {value:.4f}" for name, value in report.evaluation.items()]
     return " · ".join(parts)
 
 
@@ -85,7 +72,7 @@ class RunMonitor(UserCallback):
         self._telemetry = self._bar = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        report = run_report(metrics)
+        report = run_report([StepReport.from_metrics(m) for m in metrics])
         self._append(report)
         if self._telemetry is None:  # created here, in the controller process
             from orchestrator.telemetry import TrainingTelemetry
@@ -94,20 +81,20 @@ class RunMonitor(UserCallback):
         self._telemetry.record(report)
         self._show(report)
 
-    def _append(self, report: dict[str, Any]) -> None:
+    def _append(self, report: StepReport) -> None:
         """A local history grows by one line per report; it is rewritten once per attempt,
         without the reports that the attempt trains again. An object store has no append:
         there the object is written anew (O(reports) per report)."""
-        attempt = (report["resumed_from_step"], report["restores"])
-        line = json.dumps(report) + "\n"
+        attempt = (report.resumed_from_step, report.restores)
+        line = json.dumps(report.to_metrics()) + "\n"
         target = self.run.join(HISTORY_FILE)
         # A new attempt (also one restarted before any checkpoint, whose step goes back):
         # drop what it will train again.
-        new_attempt = attempt != self._attempt or report["step"] <= self._last_step
-        self._attempt, self._last_step = attempt, report["step"]
+        new_attempt = attempt != self._attempt or report.step <= self._last_step
+        self._attempt, self._last_step = attempt, report.step
         if new_attempt:
-            kept = [r for r in read_history(self.run) if r["step"] <= attempt[0]]
-            self._lines = [json.dumps(r) + "\n" for r in kept] + [line]
+            kept = [r for r in read_history(self.run) if r.step <= attempt[0]]
+            self._lines = [json.dumps(r.to_metrics()) + "\n" for r in kept] + [line]
             write_text(target, "".join(self._lines))
         elif target.is_remote:
             self._lines.append(line)
@@ -116,8 +103,8 @@ class RunMonitor(UserCallback):
             with target.path.open("a") as history:
                 history.write(line)
 
-    def _show(self, report: dict[str, Any]) -> None:
-        step, total = report["step"], report["total_steps"]
+    def _show(self, report: StepReport) -> None:
+        step, total = report.step, report.total_steps
         if self.display == "log":  # printed: the controller's stdout reaches the job's logs
             print(f"{self.experiment} step {step}/{total}: {describe(report)}", flush=True)
         if self.display != "bar":

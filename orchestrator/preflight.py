@@ -180,3 +180,18 @@ def temperature_warnings(spec: ExperimentSpec) -> list[str]:
         f"({known.trained_temperature}, scale {1 / known.trained_temperature:.0f}); "
         "expect the first steps to re-learn the similarity scale"
     ]
+
+
+def validated(spec, overrides: list[str] | None = None, check_files: bool = True) -> ExperimentSpec:
+    """A spec loaded and checked: its fields, by default the files and model it names
+    (:func:`preflight`), and a search's space. What ``orchestrator validate`` and every
+    submission run on the laptop before anything reaches a cluster."""
+    from orchestrator.search_space import check_space
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(spec, overrides)
+    if check_files:
+        preflight(spec)
+    if spec.tune:
+        check_space(spec)
+    return spec

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.export import HEADLINE, compared
 from orchestrator.plots import new_axes, to_png
-from orchestrator.telemetry import EVAL_PREFIX
+from orchestrator.step_report import EVAL_PREFIX, StepReport
 from orchestrator.verdict import headline
 
 if TYPE_CHECKING:
-    pass
+    from orchestrator.summary import RunSummary
 
 
 _CSS = """
@@ -40,13 +40,13 @@ figure { margin: 0 0 1.5rem; } figcaption { color: #59636e; font-size: 0.9rem; }
 """
 
 
-def render_html(history: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+def render_html(history: list[StepReport], summary: RunSummary) -> str:
     """The run's report page: verdict, base vs fine-tuned table, training curves, facts.
 
     ``history`` is rank 0's training reports in step order (may be empty); ``summary`` is the
     run's ``summary.json``. Every piece of text is escaped: names come from user specs.
     """
-    name, run_id = _e(summary.get("name", "")), _e(summary.get("run_id", ""))
+    name, run_id = _e(summary.name), _e(summary.run_id)
     figures = _figures(history, summary)
     curves = "\n".join(_figure_html(title, png) for title, png in figures.items())
     return f"""<!doctype html>
@@ -70,7 +70,7 @@ def render_html(history: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 """
 
 
-def write_tensorboard(history: list[dict[str, Any]], directory: str | Path) -> Path | None:
+def write_tensorboard(history: list[StepReport], directory: str | Path) -> Path | None:
     """Write ``history`` as TensorBoard scalars in ``directory``; the directory, or None.
 
     So ``tensorboard --logdir`` shows a finished run next to live ones, without TensorBoard
@@ -96,10 +96,10 @@ def write_tensorboard(history: list[dict[str, Any]], directory: str | Path) -> P
         for report in history:
             values = [
                 Summary.Value(tag=_tag(key), simple_value=float(value))
-                for key, value in report.items()
+                for key, value in report.to_metrics().items()
                 if key != "step" and _is_number(value)
             ]
-            writer.add_summary(Summary(value=values), global_step=report["step"])
+            writer.add_summary(Summary(value=values), global_step=report.step)
     finally:
         writer.close()
     return path
@@ -117,8 +117,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _verdict_html(summary: dict[str, Any]) -> str:
-    tone, sentence = headline(summary)
+def _verdict_html(summary: RunSummary) -> str:
+    tone, sentence = headline(summary.verdict, summary.rejected)
     return f'<p class="verdict {tone}">{_e(sentence)}</p>'
 
 
@@ -126,13 +126,13 @@ def _delta_class(delta: float) -> str:
     return "up" if delta > 0 else "down" if delta < 0 else "same"
 
 
-def _comparison_html(summary: dict[str, Any]) -> str:
+def _comparison_html(summary: RunSummary) -> str:
     """Every metric both models were scored on (Matryoshka dims too), headline ones first."""
     rows = [
         f'<tr><td>{_e(name)}</td><td class="num">{base:.4f}</td>'
         f'<td class="num">{tuned:.4f}</td>'
         f'<td class="num {_delta_class(delta)}">{delta:+.4f}</td></tr>'
-        for name, base, tuned, delta in compared(summary, (*HEADLINE, *summary["baseline"]))
+        for name, base, tuned, delta in compared(summary, (*HEADLINE, *summary.baseline))
     ]
     header = "<tr><th>metric</th><th>base</th><th>fine-tuned</th><th>Δ</th></tr>"
     return f'<table class="comparison">{header}{"".join(rows)}</table>'
@@ -148,25 +148,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _facts(summary: dict[str, Any]) -> list[tuple[str, str]]:
+def _facts(summary: RunSummary) -> list[tuple[str, str]]:
     facts = [
-        ("base model", _fmt(summary.get("base_model"))),
-        ("fine-tuned model", _fmt(summary.get("model_uri"))),
-        ("steps", _fmt(summary.get("steps"))),
-        ("pairs seen", _fmt(summary.get("pairs_seen"))),
-        ("negatives per query", _fmt(summary.get("negatives_per_query"))),
+        ("base model", _fmt(summary.base_model)),
+        ("fine-tuned model", _fmt(summary.model_uri)),
+        ("steps", _fmt(summary.steps)),
+        ("pairs seen", _fmt(summary.pairs_seen)),
+        ("negatives per query", _fmt(summary.negatives_per_query)),
     ]
-    if merge := summary.get("merge"):
-        facts.append(("merged", f"alpha {merge['chosen']} of the fine-tuned weights' change"))
-    for name, source in (summary.get("sources") or {}).items():
-        rows, bad = _fmt(source.get("rows")), _fmt(source.get("bad_rows"))
-        facts.append((f"source {name}", f"{rows} rows, {bad} bad rows"))
-    for phase, seconds in (summary.get("timings_s") or {}).items():
+    if merge := summary.merge:
+        facts.append(("merged", f"alpha {merge.chosen} of the fine-tuned weights' change"))
+    for name, source in summary.sources.items():
+        counts = f"{_fmt(source.rows)} rows, {_fmt(source.bad_rows)} bad rows"
+        facts.append((f"source {name}", counts))
+    for phase, seconds in summary.timings_s.items():
         facts.append((f"time: {phase}", f"{seconds:,.1f} s"))
     return facts
 
 
-def _facts_html(summary: dict[str, Any]) -> str:
+def _facts_html(summary: RunSummary) -> str:
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in _facts(summary))
     return f'<table class="facts">{rows}</table>'
 
@@ -179,16 +179,17 @@ def _figure_html(title: str, png: bytes) -> str:
     )
 
 
-def _points(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of the reports that carry ``key`` as a number."""
-    pairs = [(r["step"], r[key]) for r in history if _is_number(r.get(key))]
+def _points(history: list[StepReport], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the reports that carry ``key`` (a flat metric name) as a number."""
+    values = [(r.step, r.to_metrics().get(key)) for r in history]
+    pairs = [(step, value) for step, value in values if _is_number(value)]
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
-def _figures(history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, bytes]:
+def _figures(history: list[StepReport], summary: RunSummary) -> dict[str, bytes]:
     """Title -> PNG of each curve the history has data for, in page order."""
     figures = {"training loss": _loss_png(history)}
-    for metric in dict.fromkeys((summary["verdict"]["metric"], *HEADLINE)):
+    for metric in dict.fromkeys((summary.verdict.metric, *HEADLINE)):
         figures[f"held-out {metric} during training"] = _eval_png(history, summary, metric)
     figures["merge: in-domain vs guard on validation, per alpha"] = _merge_png(summary)
     figures["throughput"] = _throughput_png(history)
@@ -196,24 +197,26 @@ def _figures(history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str
     return {title: png for title, png in figures.items() if png is not None}
 
 
-def _merge_png(summary: dict[str, Any]) -> bytes | None:
+def _merge_png(summary: RunSummary) -> bytes | None:
     """The trade-off a merge chose from: each alpha's in-domain and guard validation figures."""
-    merge, guard = summary.get("merge") or {}, (summary["verdict"].get("guard") or {})
-    main, key = summary["verdict"]["metric"], guard.get("metric")
-    rows = [r for r in merge.get("alphas", []) if main in r and key in r]
+    merge, guard = summary.merge, summary.verdict.guard
+    if merge is None or guard is None:
+        return None
+    main, key = summary.verdict.metric, guard.metric
+    rows = [r for r in merge.alphas if main in r and key in r]
     if len(rows) < 2:
         return None
     figure, axes = new_axes()
     axes.plot([r[key] for r in rows], [r[main] for r in rows], marker="o")
     for r in rows:
-        marker = " (chosen)" if r["alpha"] == merge["chosen"] else ""
+        marker = " (chosen)" if r["alpha"] == merge.chosen else ""
         axes.annotate(f"alpha {r['alpha']}{marker}", (r[key], r[main]), fontsize=8)
     axes.set_xlabel(f"{key} (guard)")
     axes.set_ylabel(f"{main} (in-domain)")
     return to_png(figure)
 
 
-def _loss_png(history: list[dict[str, Any]]) -> bytes | None:
+def _loss_png(history: list[StepReport]) -> bytes | None:
     steps, values = _points(history, "loss")
     if not steps:
         return None
@@ -223,7 +226,7 @@ def _loss_png(history: list[dict[str, Any]]) -> bytes | None:
     return to_png(figure)
 
 
-def _eval_png(history: list[dict[str, Any]], summary: dict[str, Any], metric: str) -> bytes | None:
+def _eval_png(history: list[StepReport], summary: RunSummary, metric: str) -> bytes | None:
     """The metric at each evaluation, against the base model (dashed) and the exported model.
 
     The exported model's score (the star) should sit on the curve's end: a gap means the
@@ -234,19 +237,19 @@ def _eval_png(history: list[dict[str, Any]], summary: dict[str, Any], metric: st
         return None
     figure, axes = new_axes()
     axes.plot(steps, values, marker="o", label="during training")
-    if metric in summary["baseline"]:
-        base = summary["baseline"][metric]
+    if metric in summary.baseline:
+        base = summary.baseline[metric]
         axes.axhline(base, linestyle="--", color="gray", label=f"base model {base:.4f}")
-    if metric in summary["finetuned"]:
-        tuned = summary["finetuned"][metric]
-        final_step = summary.get("steps") or steps[-1]
+    if metric in summary.finetuned:
+        tuned = summary.finetuned[metric]
+        final_step = summary.steps or steps[-1]
         axes.plot([final_step], [tuned], "r*", markersize=12, label=f"fine-tuned {tuned:.4f}")
     axes.set_ylabel(metric)
     axes.legend(fontsize=8, loc="best")
     return to_png(figure)
 
 
-def _throughput_png(history: list[dict[str, Any]]) -> bytes | None:
+def _throughput_png(history: list[StepReport]) -> bytes | None:
     """Pairs per second, and tokens per second on a second axis where reports carry them."""
     steps, pairs = _points(history, "pairs_per_s")
     if not steps:
@@ -262,7 +265,7 @@ def _throughput_png(history: list[dict[str, Any]]) -> bytes | None:
     return to_png(figure)
 
 
-def _data_wait_png(history: list[dict[str, Any]]) -> bytes | None:
+def _data_wait_png(history: list[StepReport]) -> bytes | None:
     """Share of step time spent waiting for batches: near 0 means the data keeps up."""
     steps, values = _points(history, "data_wait_fraction")
     if not steps:

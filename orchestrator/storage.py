@@ -28,8 +28,6 @@ from urllib.parse import urlparse
 from orchestrator.errors import IncompleteUploadError
 
 MANIFEST = "manifest.json"
-#: Beside the runs under a storage root: compiled sources (``orchestrator.data.compile``).
-COMPILED_DIR = "_compiled"
 SHA_KEY = "sha256"  # object metadata key holding each upload's checksum
 CHUNK = 8 << 20
 

@@ -9,9 +9,11 @@ report, from rank 0's figures: the workers' training loop stays free of metric c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.step_report import StepReport
 
 PREFIX = "orchestrator_"
 RUN_TAGS = ("run_id", "experiment")
@@ -31,8 +33,8 @@ class MetricDef:
         return f"ray_{self.name}"
 
 
-#: Everything this project exports. ``report_key`` is the key of the training loop's report
-#: (``train_loop.py``); the evaluation gauge takes every ``eval/<metric>`` key.
+#: Everything this project exports. ``report_key`` is a field of the training report
+#: (:class:`orchestrator.step_report.StepReport`); the evaluation gauge takes every evaluation.
 METRICS: tuple[MetricDef, ...] = (
     MetricDef(f"{PREFIX}train_step", "step", "Optimizer steps taken"),
     MetricDef(f"{PREFIX}train_total_steps", "total_steps", "Optimizer steps the run will take"),
@@ -74,8 +76,6 @@ METRICS: tuple[MetricDef, ...] = (
     ),
 )
 
-EVAL_PREFIX = "eval/"
-
 
 class TrainingTelemetry:
     """Gauges for one run; ``record(report)`` sets them from a training-loop report."""
@@ -88,12 +88,11 @@ class TrainingTelemetry:
             m.name: Gauge(m.name, m.description, tag_keys=RUN_TAGS + m.extra_tags) for m in METRICS
         }
 
-    def record(self, report: Mapping[str, Any]) -> None:
+    def record(self, report: StepReport) -> None:
         for metric in METRICS:
-            gauge = self._gauges[metric.name]
-            if metric.report_key is not None and metric.report_key in report:
-                gauge.set(float(report[metric.report_key]), tags=self._tags)
+            value = getattr(report, metric.report_key) if metric.report_key else None
+            if value is not None:
+                self._gauges[metric.name].set(float(value), tags=self._tags)
         evaluation = self._gauges[f"{PREFIX}eval_metric"]
-        for key, value in report.items():
-            if key.startswith(EVAL_PREFIX):
-                evaluation.set(float(value), tags={**self._tags, "metric": key[len(EVAL_PREFIX) :]})
+        for name, value in report.evaluation.items():
+            evaluation.set(float(value), tags={**self._tags, "metric": name})

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.layout import RESULTS_CSV, RESULTS_MD, RESULTS_PLOT
 from orchestrator.plots import new_axes, to_png
 from orchestrator.published import without_home
 from orchestrator.spec import SpecError
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 #: Trials whose final checkpoint holds a full training run; the best of them is published.
 FINISHED = ("completed", "reused")
+#: Keys a trial adds to what it reports to Tune: why it was skipped (its spec is invalid), or
+#: that an identical run had finished and its final evaluation is the result.
+SKIPPED, REUSED = "skipped", "reused_run"
 
 
 @dataclass
@@ -55,11 +59,11 @@ class TrialRow:
 
 
 def _status(result, metrics: dict[str, Any]) -> tuple[str, str]:
-    if metrics.get("skipped"):
-        return "skipped", metrics["skipped"]
+    if metrics.get(SKIPPED):
+        return "skipped", metrics[SKIPPED]
     if result.error is not None:
         return "error", str(result.error).strip().splitlines()[-1][:300]
-    if metrics.get("reused_run"):
+    if metrics.get(REUSED):
         return "reused", "an identical run had finished"
     if not metrics:
         return "not started", ""
@@ -181,7 +185,7 @@ def write_report(
     """results.csv, results.md and metric_vs_step.png in the search's folder; the markdown."""
     metric = spec.tune.metric
     markdown = to_markdown(rows, baseline[metric], spec)
-    write_text(location.join("results.csv"), without_home(to_csv(rows, baseline[metric], metric)))
-    write_text(location.join("results.md"), without_home(markdown))
-    write_bytes(location.join("metric_vs_step.png"), plot_history(rows, baseline[metric], metric))
+    write_text(location.join(RESULTS_CSV), without_home(to_csv(rows, baseline[metric], metric)))
+    write_text(location.join(RESULTS_MD), without_home(markdown))
+    write_bytes(location.join(RESULTS_PLOT), plot_history(rows, baseline[metric], metric))
     return markdown

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,35 +27,28 @@ import ray
 from ray import tune as ray_tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import checkpoint_at, latest_checkpoint
 from orchestrator.data.compile import CompiledData
 from orchestrator.errors import SearchInterrupted
 from orchestrator.estimate import total_steps
-from orchestrator.lease import LEASE_FILE, RunLease
-from orchestrator.preflight import preflight
-from orchestrator.published import without_home
-from orchestrator.runner import (
-    RunResult,
-    build_trainer,
-    ensure_ray,
-    evaluate_baseline,
-    finish,
-    prepare_data,
+from orchestrator.layout import (
+    RESULTS_MD,
+    SPEC_FILE,
+    TRIAL_PARAMS_FILE,
     run_location,
-    write_outputs,
+    tune_id,
+    tune_location,
 )
+from orchestrator.lease import RunLease
+from orchestrator.preflight import preflight
+from orchestrator.runner import RunResult, Started, evaluate_baseline, finish, start, write_outputs
 from orchestrator.search_space import check_space, trial_spec
 from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
-from orchestrator.storage import (
-    Location,
-    arrow_storage,
-    list_keys,
-    read_text,
-    remove_tree,
-    write_text,
-)
-from orchestrator.tune_report import TrialRow, trial_rows, write_report
+from orchestrator.step_report import StepReport
+from orchestrator.storage import Location, arrow_storage, list_keys, read_text, write_text
+from orchestrator.summary import SearchSummary, read_run_summary, write_summary
+from orchestrator.trainer import build_trainer
+from orchestrator.tune_report import REUSED, SKIPPED, TrialRow, trial_rows, write_report
 
 log = logging.getLogger("orchestrator")
 
@@ -69,17 +61,7 @@ class TuneResult:
     rows: list[TrialRow]
     table: str  # results.md
     best: RunResult | None
-    summary: dict[str, Any] = field(repr=False)
-
-
-def tune_id(spec: ExperimentSpec) -> str:
-    """One id per distinct search: the tune section counts, unlike in run ids."""
-    return f"tune-{spec.hash(include_tune=True)[:12]}"
-
-
-def tune_location(spec: ExperimentSpec) -> Location:
-    """``<storage>/<name>/tune-<id>``: Tune's experiment state, results, plot and summary."""
-    return Location.of(spec.storage).join(spec.name, tune_id(spec))
+    summary: SearchSummary = field(repr=False)
 
 
 # --------------------------------------------------------------------------- one trial
@@ -120,15 +102,15 @@ def _run_trial(
         preflight(spec)
     except SpecError as exc:
         log.warning("skipping %s", exc)
-        ray_tune.report({metric: math.nan, "step": 0, "skipped": "; ".join(exc.problems)})
+        ray_tune.report({metric: math.nan, "step": 0, SKIPPED: "; ".join(exc.problems)})
         return
     steps = total_steps(spec, data.rows)
     location = run_location(spec)
-    write_text(location.join("spec.yaml"), spec.published_yaml())
+    write_text(location.join(SPEC_FILE), spec.published_yaml())
     latest = latest_checkpoint(location)
     if latest and latest[1]["step"] >= steps and metric in latest[1].get("metrics", {}):
         # An identical trial or run finished before: its final evaluation is the result.
-        ray_tune.report({**latest[1]["metrics"], "reused_run": True})
+        ray_tune.report({**latest[1]["metrics"], REUSED: True})
         return
     callbacks = [_EvaluationReports(metric)]
     build_trainer(spec, model_path, steps, data, None, callbacks).fit()
@@ -305,7 +287,7 @@ def recorded_trial_runs(base: ExperimentSpec, location: Location) -> list[Locati
     """
     runs = []
     for key in list_keys(location):
-        if not key.endswith("/params.json"):
+        if not key.endswith(f"/{TRIAL_PARAMS_FILE}"):
             continue
         try:
             params = base.tune.trial_params(json.loads(read_text(location.join(key))))
@@ -319,29 +301,12 @@ def _tune_holding(
     base: ExperimentSpec, candidates: list[ExperimentSpec], location: Location, fresh: bool
 ) -> TuneResult:
     """:func:`tune`, once this driver holds the search folder's lease."""
-    started = time.time()
-    model_path = resolve_model(base.model.base)
-    if fresh:
-        trials = recorded_trial_runs(base, location)  # before the search folder goes
-        removed = remove_tree(location, keep=frozenset({LEASE_FILE}))
-        removed += sum(remove_tree(trial) for trial in trials)
-        if removed:
-            log.warning(
-                "--fresh: deleted %d file(s) of the earlier search and its %d trial run(s)",
-                removed,
-                len(trials),
-            )
-    write_text(location.join("spec.yaml"), base.published_yaml())
-    ensure_ray()
-    # Trials resolve the spec's relative paths against this working directory, as `run`
-    # does, rather than in their own trial folders (propagated to trials by Tune).
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-
-    data = prepare_data(base, model_path)
+    trials = recorded_trial_runs(base, location) if fresh else []  # before the folder goes
+    ready = start(base, location, fresh, also_fresh=trials, what="search and its trial runs")
     t0 = time.time()
-    grid = _tuner(base, location, model_path, data, candidates).fit()
+    grid = _tuner(base, location, ready.model_path, ready.data, candidates).fit()
     search_s = time.time() - t0
-    baseline = evaluate_baseline(base, model_path)  # after the search: trials start sooner
+    baseline = evaluate_baseline(base, ready.model_path)  # after the search: trials start sooner
 
     rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
     table = write_report(location, base, rows, baseline.metrics)
@@ -351,54 +316,46 @@ def _tune_holding(
         raise SearchInterrupted(
             f"search {tune_id(base)} stopped with {ended} of {expected} trials ended; run "
             "`orchestrator tune` on the same spec again to continue it (results so far: "
-            f"{location.join('results.md').uri})"
+            f"{location.join(RESULTS_MD).uri})"
         )
     best_row = next((r for r in rows if r.finished), None)
-    best = _publish(base, best_row, model_path, data, baseline) if best_row else None
-    summary = {
-        "tune_id": tune_id(base),
-        "name": base.name,
-        "metric": base.tune.metric,
-        "mode": base.tune.mode,
-        "baseline": baseline.metrics,
-        "trials": [row.as_dict() for row in rows],
-        "best": best_row.as_dict() if best_row else None,
-        "best_run_uri": best.run_uri if best else None,
-        "best_model_uri": best.model_uri if best else None,
-        "verdict": best.summary["verdict"] if best else None,
-        "timings_s": {
-            "data": round(data.seconds, 2),
+    best = _publish(base, best_row, ready, baseline) if best_row else None
+    summary = SearchSummary(
+        tune_id=tune_id(base),
+        name=base.name,
+        metric=base.tune.metric,
+        mode=base.tune.mode,
+        baseline=baseline.metrics,
+        trials=[row.as_dict() for row in rows],
+        best=best_row.as_dict() if best_row else None,
+        best_run_uri=best.run_uri if best else None,
+        best_model_uri=best.model_uri if best else None,
+        verdict=best.summary.verdict if best else None,
+        timings_s={
+            "data": round(ready.data.seconds, 2),
             "search": round(search_s, 2),
-            "total": round(time.time() - started, 2),
+            "total": round(time.time() - ready.started, 2),
         },
-    }
-    write_text(location.join("summary.json"), without_home(json.dumps(summary, indent=2)))
+    )
+    write_summary(location, summary)
     return TuneResult(location.uri, rows, table, best, summary)
 
 
-def _publish(
-    base: ExperimentSpec,
-    row: TrialRow,
-    model_path: str,
-    data: CompiledData,
-    baseline: dict[str, float],
-) -> RunResult:
+def _publish(base: ExperimentSpec, row: TrialRow, ready: Started, baseline) -> RunResult:
     """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""
     spec = trial_spec(base, row.params)
     location = run_location(spec)
-    try:
-        summary = json.loads(read_text(location.join("summary.json")))
-    except FileNotFoundError:
+    summary = read_run_summary(location)
+    if summary is None:
         folder, meta = latest_checkpoint(location)
         summary = finish(
             spec,
-            model_path,
+            ready,
             checkpoint_at(folder),
-            meta["metrics"],
-            data.reports,
-            baseline,
+            StepReport.from_metrics(meta["metrics"]),
             resumed_from_step=0,
-            timings={"data": data.seconds, "train": row.time_s or 0.0},
+            train_s=row.time_s or 0.0,
+            baseline=baseline,
         )
         write_outputs(location, summary)
-    return RunResult(spec.run_id, location.uri, summary["model_uri"], summary)
+    return RunResult.of(location, summary)

@@ -13,6 +13,7 @@ resampling here is chunked and seeded, a few lines, with no scipy import on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -71,76 +72,113 @@ def outcome_of(interval: tuple[float, float] | None, delta: float) -> Outcome:
     return "within noise"
 
 
-def verdict(metric: str, base: Evaluation, tuned: Evaluation) -> dict[str, Any]:
-    """The verdict on ``metric``: Δ, its paired interval and the outcome in words.
+@dataclass(frozen=True, kw_only=True)
+class Judged:
+    """One metric of the base and the fine-tuned model: Δ, its paired interval, the outcome."""
 
-    Metrics that are not a mean over queries (ROC AUC, Spearman) get no interval: their
-    outcome then goes by the sign alone and ``interval`` is None.
+    metric: str
+    baseline: float
+    finetuned: float
+    delta: float
+    #: the paired-bootstrap interval of ``delta``; None for a metric that is not a per-query mean
+    interval: tuple[float, float] | None
+    level: float
+    outcome: Outcome
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardVerdict(Judged):
+    """The guard's metric (general ability): ``forgot`` when it fell more than ``max_drop``."""
+
+    max_drop: float
+    forgot: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict(Judged):
+    """The run's verdict on the main metric, with the guard's beside it.
+
+    ``improved``: the interval lies above 0 and, with a guard, general ability was kept.
     """
+
+    improved: bool
+    guard: GuardVerdict | None = None
+
+    def with_guard(self, guard: GuardVerdict) -> Verdict:
+        return replace(self, guard=guard, improved=self.improved and not guard.forgot)
+
+
+def _judged(metric: str, base: Evaluation, tuned: Evaluation) -> dict[str, Any]:
     delta = tuned.metrics[metric] - base.metrics[metric]
     interval = None
     if metric in base.per_query and metric in tuned.per_query:
         interval = paired_interval(base.per_query[metric], tuned.per_query[metric])
-    outcome = outcome_of(interval, delta)
     return {
         "metric": metric,
         "baseline": base.metrics[metric],
         "finetuned": tuned.metrics[metric],
         "delta": delta,
-        "interval": list(interval) if interval else None,
+        "interval": interval,
         "level": LEVEL,
-        "outcome": outcome,
-        "improved": outcome == "improved",
+        "outcome": outcome_of(interval, delta),
     }
 
 
-def guard_verdict(key: str, max_drop: float, base: Evaluation, tuned: Evaluation) -> dict[str, Any]:
+def verdict(metric: str, base: Evaluation, tuned: Evaluation) -> Verdict:
+    """The verdict on ``metric``: Δ, its paired interval and the outcome in words.
+
+    Metrics that are not a mean over queries (ROC AUC, Spearman) get no interval: their
+    outcome then goes by the sign alone and ``interval`` is None.
+    """
+    judged = _judged(metric, base, tuned)
+    return Verdict(**judged, improved=judged["outcome"] == "improved")
+
+
+def guard_verdict(key: str, max_drop: float, base: Evaluation, tuned: Evaluation) -> GuardVerdict:
     """Did the model forget? The guard metric's change, its interval, and ``forgot``.
 
     ``forgot`` when the fine-tuned figure is more than ``max_drop`` below the base's.
     """
-    judged = verdict(key, base, tuned)
-    return {**judged, "max_drop": max_drop, "forgot": judged["delta"] < -max_drop}
+    judged = _judged(key, base, tuned)
+    return GuardVerdict(**judged, max_drop=max_drop, forgot=judged["delta"] < -max_drop)
 
 
-def describe(verdict: dict[str, Any]) -> str:
+def describe(judged: Judged) -> str:
     """One line in words: "improved: ndcg@10 0.8281 -> 0.8501, +0.0220 [+0.0150, +0.0290]"."""
-    interval = verdict.get("interval")
+    interval = judged.interval
     noise = f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else " (no interval)"
-    outcome = verdict.get("outcome") or ("improved" if verdict["improved"] else "worse")
     return (
-        f"{outcome}: {verdict['metric']} {verdict['baseline']:.4f} -> {verdict['finetuned']:.4f}, "
-        f"{verdict['delta']:+.4f}{noise}"
+        f"{judged.outcome}: {judged.metric} {judged.baseline:.4f} -> {judged.finetuned:.4f}, "
+        f"{judged.delta:+.4f}{noise}"
     )
 
 
-def describe_guard(guard: dict[str, Any]) -> str:
+def describe_guard(guard: GuardVerdict) -> str:
     """One line: "general ability kept: nq/ndcg@10 ... (tolerated drop 0.005)" or forgot."""
-    state = "FORGOT general ability" if guard["forgot"] else "general ability kept"
-    interval = guard.get("interval")
+    state = "FORGOT general ability" if guard.forgot else "general ability kept"
+    interval = guard.interval
     noise = f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
     return (
-        f"{state}: {guard['metric']} {guard['baseline']:.4f} -> {guard['finetuned']:.4f}, "
-        f"{guard['delta']:+.4f}{noise} (tolerated drop {guard['max_drop']})"
+        f"{state}: {guard.metric} {guard.baseline:.4f} -> {guard.finetuned:.4f}, "
+        f"{guard.delta:+.4f}{noise} (tolerated drop {guard.max_drop})"
     )
 
 
-def headline(summary: dict[str, Any]) -> tuple[str, str]:
+def headline(judged: Verdict, rejected: bool = False) -> tuple[str, str]:
     """(tone, sentence) of a finished run for people: good, same or bad, and why.
 
-    "helped" only when the interval excludes 0 *and* the guard (if any) kept general ability.
+    "helped" only when the interval excludes 0 *and* the guard (if any) kept general ability;
+    ``rejected``: the model that forgot was kept beside instead of published.
     """
-    judged = summary["verdict"]
-    guard = judged.get("guard")
+    guard = judged.guard
     sentence = describe(judged)
     if guard:
         sentence += "; " + describe_guard(guard)
-    if guard and guard["forgot"]:
-        where = "kept beside as model.rejected/" if summary.get("rejected") else "published"
+    if guard and guard.forgot:
+        where = "kept beside as model.rejected/" if rejected else "published"
         return "bad", f"Fine-tuning cost general ability ({where}): {sentence}"
-    outcome = judged.get("outcome") or ("improved" if judged["improved"] else "worse")
-    if outcome == "improved":
+    if judged.outcome == "improved":
         return "good", f"Fine-tuning helped: {sentence}"
-    if outcome == "worse":
+    if judged.outcome == "worse":
         return "bad", f"Fine-tuning made it WORSE: {sentence}. Keep the base model."
     return "same", f"No measurable change: {sentence}. Keep the base model."

@@ -44,6 +44,7 @@ def main(spec_path: str, out_path: str) -> None:
     from ray.cluster_utils import Cluster
 
     from orchestrator import run
+    from orchestrator.summary import summary_dict
 
     storage = Path(yaml.safe_load(Path(spec_path).read_text())["storage"]["uri"])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -53,7 +54,7 @@ def main(spec_path: str, out_path: str) -> None:
 
     def train() -> None:
         try:
-            outcome["summary"] = run(spec_path).summary
+            outcome["summary"] = summary_dict(run(spec_path).summary)
         except BaseException as exc:  # reported in OUT.json, not lost in a thread
             outcome["error"] = repr(exc)
 

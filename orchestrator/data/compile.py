@@ -44,9 +44,9 @@ from orchestrator.data.sources import (
     resolve_paths,
 )
 from orchestrator.data.tokenize import IDS_SUFFIX, tokenize_batch, transformer_folder
+from orchestrator.layout import COMPILED_DIR
 from orchestrator.spec import LABEL, SCORE
 from orchestrator.storage import (
-    COMPILED_DIR,
     Location,
     arrow_filesystem,
     expand_remote,

@@ -53,6 +53,7 @@ def test_a_slow_first_task_changes_nothing_and_each_epoch_has_its_order(
 ):
     import orchestrator.data.compile as compiling
     import orchestrator.runner as runner
+    from orchestrator.ray_init import ensure_ray
     from orchestrator.spec import load_spec
     from tests.conftest import tiny_spec_dict
 
@@ -60,7 +61,7 @@ def test_a_slow_first_task_changes_nothing_and_each_epoch_has_its_order(
     colors = raw["data"]["sources"]["colors"]
     colors["path"] = str(_split_source(tmp_path, files=4, rows_per_file=300))
     del raw["data"]["sources"]["more"]
-    runner.ensure_ray()
+    ensure_ray()
     specs = {}
     for name in ("calm", "delayed"):  # two storage roots: the second must compile, not reuse
         raw["storage"]["uri"] = str(tmp_path / name)

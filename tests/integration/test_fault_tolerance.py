@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from orchestrator.summary import summary_dict
+
 pytestmark = pytest.mark.integration
 
 
@@ -41,7 +43,7 @@ def test_killed_worker_recovers_and_matches_an_undisturbed_run(undisturbed, tmp_
     chaos["testing"] = {"kill_worker_at_step": 5, "kill_rank": 1}  # last checkpoint: step 3
     disturbed = run(chaos)
 
-    calm, hit = undisturbed.summary, disturbed.summary
+    calm, hit = summary_dict(undisturbed.summary), summary_dict(disturbed.summary)
     assert (calm["restores"], hit["restores"]) == (0, 1), "the kill happened and was recovered"
     for key in ("steps", "pairs_seen", "source_steps"):
         assert hit[key] == calm[key], key
@@ -89,4 +91,4 @@ def test_a_lost_node_is_recovered_from_with_the_same_data(undisturbed, tmp_path)
     hit = outcome["summary"]
     assert hit["restores"] == 1, "the lost node was recovered from"
     for key in ("steps", "pairs_seen", "source_steps", "stream_digests"):
-        assert hit[key] == calm.summary[key], key
+        assert hit[key] == getattr(calm.summary, key), key

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.summary import summary_dict
+
 pytestmark = pytest.mark.integration
 
 
@@ -60,20 +62,20 @@ def test_resume_continues_at_the_checkpoint_step(first_run, tmp_path):
     from orchestrator import run
 
     spec, result = first_run
-    checkpoint = result.summary["checkpoint"]
+    checkpoint = result.summary.checkpoint
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
     assert meta["step"] == 4
     resumed = dict(spec, train={**spec["train"], "max_steps": 6})
     resumed["storage"] = {"uri": str(tmp_path / "runs")}
     second = run(resumed, resume_from=checkpoint)
-    assert second.summary["resumed_from_step"] == 4
-    assert second.summary["steps"] == 6
-    assert second.summary["pairs_seen"] == 6 * 8
-    assert sum(second.summary["source_steps"].values()) == 6
+    assert second.summary.resumed_from_step == 4
+    assert second.summary.steps == 6
+    assert second.summary.pairs_seen == 6 * 8
+    assert sum(second.summary.source_steps.values()) == 6
     # Mixture positions continue from the checkpoint: every batch taken exactly once so far.
-    meta = json.loads((Path(second.summary["checkpoint"]) / "meta.json").read_text())
+    meta = json.loads((Path(second.summary.checkpoint) / "meta.json").read_text())
     assert {name: p["batch"] for name, p in meta["positions"].items()} == {
-        name: second.summary["source_steps"].get(name, 0) for name in spec["data"]["sources"]
+        name: second.summary.source_steps.get(name, 0) for name in spec["data"]["sources"]
     }
 
 
@@ -91,8 +93,8 @@ def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, 
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
     result = run(spec)
 
-    assert result.summary["steps"] == 2
-    assert 0 < result.summary["trainable_params"] < result.summary["total_params"] / 5
+    assert result.summary.steps == 2
+    assert 0 < result.summary.trainable_params < result.summary.total_params / 5
     exported = list((result.model_dir).glob("*.safetensors")) + list(
         result.model_dir.glob("**/model.safetensors")
     )
@@ -114,16 +116,17 @@ def test_rerunning_a_finished_spec_returns_its_result_or_reuses_its_checkpoint(f
     spec, result = first_run
     summary = json.loads((result.run_dir / "summary.json").read_text())
     again = run(spec)
-    assert again.summary == summary and again.model_dir == result.model_dir  # timings too
+    assert summary_dict(again.summary) == summary  # timings too
+    assert again.model_dir == result.model_dir
 
     (result.run_dir / "summary.json").unlink()
     again = run(spec)
     assert again.run_dir == result.run_dir
-    assert again.summary["resumed_from_step"] == 4
-    assert again.summary["steps"] == 4
-    assert again.summary["pairs_seen"] == 4 * 8
-    assert again.summary["negatives_per_query"] == 7
-    assert again.summary["finetuned"] == result.summary["finetuned"]
+    assert again.summary.resumed_from_step == 4
+    assert again.summary.steps == 4
+    assert again.summary.pairs_seen == 4 * 8
+    assert again.summary.negatives_per_query == 7
+    assert again.summary.finetuned == result.summary.finetuned
 
 
 def test_fresh_starts_over_instead_of_resuming(first_run):
@@ -132,7 +135,7 @@ def test_fresh_starts_over_instead_of_resuming(first_run):
     spec, result = first_run
     again = run(spec, fresh=True)
     assert again.run_dir == result.run_dir
-    assert again.summary["resumed_from_step"] == 0 and again.summary["steps"] == 4
+    assert again.summary.resumed_from_step == 0 and again.summary.steps == 4
     assert len(list(again.run_dir.glob("checkpoint_*/state.pt"))) == 2
 
 
@@ -177,9 +180,9 @@ def test_gathered_losses_with_hard_negatives_on_two_workers(
     spec["loss"] = loss
     spec["train"].update(max_steps=2)
     result = run(spec)
-    assert result.summary["steps"] == 2
+    assert result.summary.steps == 2
     # 2 workers x 4 queries, each with a positive and a hard negative, gathered: 2*8 - 1.
-    assert result.summary["negatives_per_query"] == 15
+    assert result.summary.negatives_per_query == 15
     assert result.finetuned["ndcg@10"] != result.baseline["ndcg@10"]
 
 
@@ -218,8 +221,8 @@ def test_labeled_pairs_train_and_are_judged_on_roc_auc(ray_cluster, tiny_model, 
     spec["train"].update(max_steps=3, lr=5e-3)
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
     result = run(spec)
-    assert result.summary["verdict"]["metric"] == "labels/roc_auc"
-    assert result.summary["negatives_per_query"] == 0
+    assert result.summary.verdict.metric == "labels/roc_auc"
+    assert result.summary.negatives_per_query == 0
     for metrics in (result.baseline, result.finetuned):
         assert 0.0 <= metrics["labels/roc_auc"] <= 1.0 and "ndcg@10" not in metrics
     card = (result.model_dir / "README.md").read_text()

@@ -28,14 +28,14 @@ def test_run_to_s3_publishes_checkpoints_model_and_manifest(
     keys = {o["Key"][len(prefix) :] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert {"spec.yaml", "summary.json", "model/manifest.json", "model/README.md"} <= keys
     assert any(k.startswith("checkpoint_") and k.endswith("/state.pt") for k in keys)
-    assert result.summary["checkpoint"].startswith(f"s3://{bucket}/{prefix}checkpoint_")
+    assert result.summary.checkpoint.startswith(f"s3://{bucket}/{prefix}checkpoint_")
     assert not (tmp_path / "runs").exists(), "nothing is written to local storage"
 
     manifest = json.loads(
         s3.get_object(Bucket=bucket, Key=prefix + "model/manifest.json")["Body"].read()
     )
-    assert manifest["spec_hash"] == result.summary["spec_hash"]
-    assert manifest["metrics"]["finetuned"] == result.summary["finetuned"]
+    assert manifest["spec_hash"] == result.summary.spec_hash
+    assert manifest["metrics"]["finetuned"] == result.summary.finetuned
     listed = {f["path"] for f in manifest["files"]}
     assert listed == {k[len("model/") :] for k in keys if k.startswith("model/")} - {
         "manifest.json"
@@ -48,13 +48,13 @@ def test_run_to_s3_publishes_checkpoints_model_and_manifest(
 
     [row] = list_runs(f"s3://{bucket}/runs", endpoint_url=s3_endpoint)
     assert row["run_id"] == result.run_id and row["status"] == "complete"
-    assert row["finetuned"] == result.summary["verdict"]["finetuned"]
+    assert row["finetuned"] == result.summary.verdict.finetuned
 
     # Resuming from a checkpoint in the bucket continues at its step.
-    checkpoint = result.summary["checkpoint"]
+    checkpoint = result.summary.checkpoint
     more = dict(spec, train={**spec["train"], "max_steps": 6})
     second = run(more, resume_from=checkpoint)
-    assert second.summary["resumed_from_step"] == 4 and second.summary["steps"] == 6
+    assert second.summary.resumed_from_step == 4 and second.summary.steps == 6
 
 
 def test_a_checkpoint_whose_upload_fails_is_never_registered(
@@ -83,5 +83,5 @@ def test_a_checkpoint_whose_upload_fails_is_never_registered(
     assert len(failed) == 1, "the first checkpoint's upload failed and left no manifest"
     snapshot = s3.get_object(Bucket=bucket, Key=prefix + "checkpoint_manager_snapshot.json")
     assert next(iter(failed)) not in snapshot["Body"].read().decode(), "never registered"
-    assert result.summary["steps"] == 4 and result.summary["restores"] == 0
-    assert f"{result.summary['checkpoint'].rsplit('/', 1)[1]}/manifest.json" in keys
+    assert result.summary.steps == 4 and result.summary.restores == 0
+    assert f"{result.summary.checkpoint.rsplit('/', 1)[1]}/manifest.json" in keys

@@ -62,7 +62,7 @@ def search(ray_cluster, tiny_model, corpora, tmp_path_factory):
     import ray
 
     from orchestrator import load_spec, tune
-    from orchestrator.runner import run_location
+    from orchestrator.layout import run_location
     from orchestrator.search_space import trial_spec
 
     root = tmp_path_factory.mktemp("search")
@@ -127,7 +127,7 @@ def test_the_results_table_is_sorted_and_complete(search):
     assert {"train.lr", "status", "steps", "ndcg@10", "time_s", "run_id"} <= set(trials[0])
     markdown = (folder / "results.md").read_text()
     assert "| `train.lr` |" in markdown and "stopped early" in markdown
-    assert f"Base model: ndcg@10 = {result.summary['baseline']['ndcg@10']:.4f}" in markdown
+    assert f"Base model: ndcg@10 = {result.summary.baseline['ndcg@10']:.4f}" in markdown
     assert (folder / "metric_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -139,13 +139,13 @@ def test_the_best_trial_is_published_like_a_run(search):
     assert best.status == "completed"
     assert result.best.run_id == best.run_id
     summary = result.best.summary
-    assert summary["finetuned"]["ndcg@10"] == pytest.approx(best.metric, abs=1e-4)
-    assert summary["verdict"]["baseline"] == result.summary["baseline"]["ndcg@10"]
+    assert summary.finetuned["ndcg@10"] == pytest.approx(best.metric, abs=1e-4)
+    assert summary.verdict.baseline == result.summary.baseline["ndcg@10"]
     assert (result.best.run_dir / "summary.json").is_file()
     assert (result.best.model_dir / "manifest.json").is_file()
     model = SentenceTransformer(str(result.best.model_dir))
     assert model.encode(["what color is the car"]).shape == (1, 32)
-    assert result.summary["best_model_uri"] == result.best.model_uri
+    assert result.summary.best_model_uri == result.best.model_uri
 
 
 def test_a_finished_search_is_not_run_again(search):
@@ -181,13 +181,14 @@ def test_an_optuna_search_samples_and_publishes_its_best(
     assert all(row.status == "completed" and row.steps == 4 for row in result.rows)
     assert all(1e-3 <= row.params["train.lr"] <= 1e-2 for row in result.rows)
     assert result.rows[0].metric >= result.rows[1].metric
-    finetuned = result.best.summary["finetuned"]["mrr@10"]
+    finetuned = result.best.summary.finetuned["mrr@10"]
     assert finetuned == pytest.approx(result.rows[0].metric, abs=1e-4)
 
 
 def test_fresh_knows_every_trial_run_the_search_recorded(search):
     """What ``tune --fresh`` deletes besides the search folder: each trial's run folder."""
-    from orchestrator.tuning import recorded_trial_runs, tune_location
+    from orchestrator.layout import tune_location
+    from orchestrator.tuning import recorded_trial_runs
 
     base, _, _, result = search
     runs = recorded_trial_runs(base, tune_location(base))

@@ -41,9 +41,9 @@ def test_the_quickstart_improves_beyond_noise_and_keeps_general_ability(tmp_path
     spec = load_spec(QUICKSTART, [*overrides, f"storage.uri={tmp_path / 'runs'}"])
     result = run(spec)
 
-    judged = result.summary["verdict"]
-    low, _ = judged["interval"]
-    assert judged["delta"] >= MIN_GAIN, f"gain {judged['delta']:+.4f} < floor {MIN_GAIN}"
-    assert judged["outcome"] == "improved" and low > 0, judged
-    assert not judged["guard"]["forgot"], judged["guard"]
-    assert not result.summary["rejected"] and result.model_dir.name == "model"
+    judged = result.summary.verdict
+    low, _ = judged.interval
+    assert judged.delta >= MIN_GAIN, f"gain {judged.delta:+.4f} < floor {MIN_GAIN}"
+    assert judged.outcome == "improved" and low > 0, judged
+    assert not judged.guard.forgot, judged.guard
+    assert not result.summary.rejected and result.model_dir.name == "model"

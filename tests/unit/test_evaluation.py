@@ -274,16 +274,16 @@ def test_merge_weights_are_tried_on_validation_and_the_chosen_one_is_written(
     tuned.save(str(folder))
 
     merge = choose_alpha(spec, tiny_model, folder)
-    assert [row["alpha"] for row in merge["alphas"]] == [0.25, 1.0]
-    assert merge["split"] == "validation" and merge["chosen"] in (0.25, 1.0)
-    for row in merge["alphas"]:
-        expected = merge["base"]["general/ndcg@10"] - row["general/ndcg@10"]
+    assert [row["alpha"] for row in merge.alphas] == [0.25, 1.0]
+    assert merge.split == "validation" and merge.chosen in (0.25, 1.0)
+    for row in merge.alphas:
+        expected = merge.base["general/ndcg@10"] - row["general/ndcg@10"]
         assert row["guard_drop"] == pytest.approx(expected)
         assert 0 < row["guard_drop_se"] < 1  # from the per-query values of the guard
-    assert merge["chosen"] == pick_alpha(merge["alphas"], "ndcg@10", 0.005)["alpha"]
+    assert merge.chosen == pick_alpha(merge.alphas, "ndcg@10", 0.005)["alpha"]
     # The folder now holds base + chosen * (tuned - base).
     base = SentenceTransformer(tiny_model, device="cpu").state_dict()
     written = SentenceTransformer(str(folder), device="cpu").state_dict()
     name = next(k for k, v in base.items() if v.is_floating_point() and v.ndim == 2)
-    want = base[name] + merge["chosen"] * (tuned.state_dict()[name] - base[name])
+    want = base[name] + merge.chosen * (tuned.state_dict()[name] - base[name])
     torch.testing.assert_close(written[name], want)

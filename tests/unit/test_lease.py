@@ -70,7 +70,7 @@ def test_run_refuses_a_folder_a_live_driver_holds_before_touching_it(tiny_spec, 
     import yaml
 
     from orchestrator.__main__ import main
-    from orchestrator.runner import run_location
+    from orchestrator.layout import run_location
     from orchestrator.spec import load_spec
 
     folder = run_location(load_spec(tiny_spec)).path

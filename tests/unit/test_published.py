@@ -40,17 +40,18 @@ def test_a_runs_summary_report_card_and_spec_name_no_home_folder(home, tiny_spec
     from orchestrator.runner import RunResult, write_outputs
     from orchestrator.spec import load_spec
     from orchestrator.storage import Location
+    from orchestrator.summary import SourceCounts, read_run_summary
 
     spec = load_spec(tiny_spec)
     run = tmp_path / "runs" / "tiny" / spec.run_id
     (run / "model").mkdir(parents=True)
     summary = make_summary()
-    summary.update(
-        model_uri=str(run / "model"),
-        checkpoint=str(run / "checkpoint_1"),
-        sources={"colors": {"rows": 95}, "more": {"rows": 64}},
-    )
-    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_history()))
+    summary.model_uri = str(run / "model")
+    summary.checkpoint = str(run / "checkpoint_1")
+    summary.sources = {"colors": SourceCounts(rows=95, bad_rows=0)}
+    summary.sources["more"] = SourceCounts(rows=64, bad_rows=0)
+    history = "".join(json.dumps(r.to_metrics()) + "\n" for r in make_history())
+    (run / "history.jsonl").write_text(history)
     write_outputs(Location(str(run)), summary)
     write_model_card(run / "model", spec, summary)
     (run / "spec.yaml").write_text(spec.published_yaml())
@@ -64,5 +65,5 @@ def test_a_runs_summary_report_card_and_spec_name_no_home_folder(home, tiny_spec
     # What reads them back expands ~: the spec runs as before, the model folder is found.
     published = load_spec(str(run / "spec.yaml"))
     assert published.model.base.startswith("~/") and published.run_id == spec.run_id
-    result = RunResult(written["run_id"], str(run), written["model_uri"], written)
+    result = RunResult.of(Location(str(run)), read_run_summary(Location(str(run))))
     assert result.model_dir == run / "model"

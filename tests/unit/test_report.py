@@ -6,21 +6,27 @@ import base64
 import io
 import struct
 import sys
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from pydantic import TypeAdapter
 
 from orchestrator.report import render_html, write_tensorboard
+from orchestrator.step_report import StepReport
+from orchestrator.summary import MergeChoice, RunSummary, SourceCounts
+from orchestrator.verdict import GuardVerdict
+from tests.summaries import run_summary, verdict_dict
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVAL_FIGURES = [f"held-out {m} during training" for m in ("ndcg@10", "mrr@10", "recall@10")]
 ALL_FIGURES = ["training loss", *EVAL_FIGURES, "throughput", "data wait"]
 
 
-def make_history(steps: int = 10, eval_every: int = 5, tokens: bool = True) -> list[dict]:
+def make_history(steps: int = 10, eval_every: int = 5, tokens: bool = True) -> list[StepReport]:
     """Reports as train_loop sends them: one per step, evaluations every ``eval_every``."""
     history = []
     for step in range(1, steps + 1):
@@ -29,6 +35,7 @@ def make_history(steps: int = 10, eval_every: int = 5, tokens: bool = True) -> l
             "total_steps": steps,
             "loss": 2.0 - 0.1 * step,
             "lr": 2e-5 * (1 - step / steps),
+            "time": 1000.0 + step,
             "pairs_seen": 32 * step,
             "pairs_per_s": 100.0 + step,
             "step_time_s": 0.32,
@@ -53,11 +60,11 @@ def make_history(steps: int = 10, eval_every: int = 5, tokens: bool = True) -> l
             )
         if step == steps:
             report["stream_digests"] = ["abc"]
-        history.append(report)
+        history.append(StepReport.from_metrics(report))
     return history
 
 
-def make_summary(improved: bool = True, name: str = "faq-tune") -> dict:
+def make_summary(improved: bool = True, name: str = "faq-tune") -> RunSummary:
     baseline = {"ndcg@10": 0.4000, "mrr@10": 0.3500, "recall@10": 0.6000, "dim64/ndcg@10": 0.3000}
     if improved:
         finetuned = {"ndcg@10": 0.5012, "mrr@10": 0.3300, "recall@10": 0.7000}
@@ -65,28 +72,8 @@ def make_summary(improved: bool = True, name: str = "faq-tune") -> dict:
         finetuned = {"ndcg@10": 0.3750, "mrr@10": 0.3600, "recall@10": 0.6000}
     finetuned["dim64/ndcg@10"] = 0.3125
     finetuned["map@100"] = 0.25  # scored only on the fine-tuned model: not comparable
-    main = "ndcg@10"
-    delta = finetuned[main] - baseline[main]
-    return {
-        "run_id": "run-1a2b3c",
-        "name": name,
-        "base_model": "tiny-bert",
-        "model_uri": "/runs/faq-tune/run-1a2b3c/model",
-        "steps": 10,
-        "pairs_seen": 320,
-        "negatives_per_query": 31,
-        "baseline": baseline,
-        "finetuned": finetuned,
-        "verdict": {
-            "metric": main,
-            "baseline": baseline[main],
-            "finetuned": finetuned[main],
-            "delta": delta,
-            "improved": delta > 0,
-        },
-        "timings_s": {"data": 1.5, "train": 42.25, "total": 60.0},
-        "sources": {"faq": {"rows": 1200, "bad_rows": 3, "examples": ["line 7: no anchor"]}},
-    }
+    judged = verdict_dict(baseline["ndcg@10"], finetuned["ndcg@10"])
+    return run_summary(name=name, baseline=baseline, finetuned=finetuned, verdict=judged)
 
 
 class Page(HTMLParser):
@@ -224,7 +211,7 @@ def test_facts_table(improving):
 def test_hostile_experiment_name_is_escaped():
     name = '<script>alert("x")</script><img src="http://evil.example/x.png"> & co'
     summary = make_summary(name=name)
-    summary["sources"] = {"<b>src</b>": {"rows": 1, "bad_rows": 0, "examples": []}}
+    summary.sources = {"<b>src</b>": SourceCounts(rows=1, bad_rows=0)}
     page_html = render_html(make_history(), summary)
     assert "<script>" not in page_html and "<b>" not in page_html
     page = Page(page_html)
@@ -271,14 +258,16 @@ def test_tensorboard_scalars_read_back(tmp_path):
     scalars = read_scalars(tmp_path / "tb")
 
     def expect(key: str) -> list[tuple[int, Any]]:
-        return [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in history if key in r]
+        rows = [r.to_metrics() for r in history]
+        return [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r]
 
     assert scalars["train/loss"] == expect("loss")
     assert scalars["train/pairs_per_s"] == expect("pairs_per_s")
     assert scalars["train/tokens_per_s"] == expect("tokens_per_s")
     assert scalars["eval/ndcg@10"] == expect("eval/ndcg@10")
     assert [step for step, _ in scalars["eval/dim64/ndcg@10"]] == [5, 10]
-    numeric = {k for r in history for k, v in r.items() if isinstance(v, (int, float))}
+    rows = [r.to_metrics() for r in history]
+    numeric = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
     tags = {k if k.startswith("eval/") else f"train/{k}" for k in numeric - {"step"}}
     assert set(scalars) == tags  # source_steps and stream_digests are not scalars
 
@@ -294,7 +283,8 @@ def test_comparison_table_shows_each_named_sets_headline_metric():
 
     base = {"ndcg@10": 0.5, "refutes/accuracy": 0.6, "labels/roc_auc": 0.7, "labels/f1": 0.4}
     tuned = {"ndcg@10": 0.6, "refutes/accuracy": 0.8, "labels/roc_auc": 0.75, "labels/f1": 0.5}
-    summary = {"baseline": base, "finetuned": tuned, "verdict": {"metric": "labels/roc_auc"}}
+    judged = verdict_dict(0.7, 0.75, metric="labels/roc_auc")
+    summary = run_summary(baseline=base, finetuned=tuned, verdict=judged)
     rows = [line.split(" | ")[0].strip("| ") for line in comparison_table(summary).splitlines()]
     assert rows[2:] == ["labels/roc_auc", "ndcg@10", "refutes/accuracy"]
 
@@ -304,30 +294,31 @@ def test_comparison_table_shows_each_domains_main_metric_and_the_guard_last():
 
     names = ["ndcg@10", "nq/ndcg@10", "nyt/ndcg@10", "nyt/mrr@10", "reddit/ndcg@10"]
     base, tuned = dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.6)
-    verdict = {"metric": "ndcg@10", "guard": {"metric": "nq/ndcg@10"}}
-    summary = {"baseline": base, "finetuned": tuned, "verdict": verdict}
+    guard = {**verdict_dict(0.5, 0.6, metric="nq/ndcg@10"), "max_drop": 0.005, "forgot": False}
+    summary = run_summary(baseline=base, finetuned=tuned, verdict=verdict_dict(guard=guard))
     rows = [line.split(" | ")[0].strip("| ") for line in comparison_table(summary).splitlines()]
     assert [r for r in rows[2:] if "/" in r] == ["nyt/ndcg@10", "reddit/ndcg@10", "nq/ndcg@10"]
 
 
 def test_a_merge_search_adds_its_trade_off_plot_and_a_fact():
     summary = make_summary(improved=True)
-    summary["verdict"]["guard"] = {
-        "metric": "nq/ndcg@10",
-        "baseline": 0.80,
-        "finetuned": 0.797,
-        "delta": -0.003,
+    guard = {
+        **verdict_dict(0.80, 0.797, metric="nq/ndcg@10"),
         "interval": [-0.01, 0.004],
+        "outcome": "within noise",
         "max_drop": 0.005,
         "forgot": False,
     }
-    summary["merge"] = {
-        "split": "validation",
-        "chosen": 0.5,
-        "alphas": [
+    summary.verdict = replace(
+        summary.verdict, guard=TypeAdapter(GuardVerdict).validate_python(guard)
+    )
+    summary.merge = MergeChoice(
+        split="validation",
+        chosen=0.5,
+        alphas=[
             {"alpha": a, "ndcg@10": 0.80 + a / 20, "nq/ndcg@10": 0.80 - a / 30} for a in (0.5, 1.0)
         ],
-    }
+    )
     page = Page(render_html(make_history(), summary))
     assert "merge: in-domain vs guard on validation, per alpha" in page.images
     text = " ".join(page.text)

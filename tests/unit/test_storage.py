@@ -13,6 +13,7 @@ from orchestrator.catalog import list_runs, show_run
 from orchestrator.errors import IncompleteUploadError
 from orchestrator.spec import SpecError, load_spec
 from orchestrator.storage import MANIFEST, Location, arrow_storage, publish, pull, write_text
+from tests.summaries import summary_dict, verdict_dict
 
 
 @pytest.fixture
@@ -152,15 +153,15 @@ def _fake_run(root: Location, name: str, run_id: str, files: dict[str, str]) -> 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_runs_list_tells_complete_incomplete_and_checkpointed(where, bucket, s3_endpoint, tmp_path):
     root = remote(bucket, s3_endpoint, "runs") if where == "s3" else Location(str(tmp_path))
-    summary = {
-        "spec_hash": "f" * 64,
-        "steps": 40,
-        "verdict": {"metric": "ndcg@10", "baseline": 0.8, "finetuned": 0.85, "improved": True},
-    }
+    summary = summary_dict(spec_hash="f" * 64, steps=40, verdict=verdict_dict(0.8, 0.85))
     _fake_run(root, "qs", "aaa", {"summary.json": json.dumps(summary), "model/manifest.json": "{}"})
     _fake_run(root, "qs", "bbb", {"model/config.json": "{}"})
     _fake_run(root, "qs", "ccc", {"checkpoint_1/meta.json": '{"step": 10}'})
-    search = {"verdict": summary["verdict"], "trials": []}
+    search = {
+        **{"tune_id": "tune-ddd", "name": "qs", "metric": "ndcg@10", "mode": "max"},
+        **{"baseline": {}, "trials": [], "best": None, "timings_s": {}},
+        **{"best_run_uri": None, "best_model_uri": None, "verdict": summary["verdict"]},
+    }
     _fake_run(root, "qs", "tune-ddd", {"summary.json": json.dumps(search), "results.md": "|"})
     _fake_run(
         root, "_compiled", "0123abcd", {"fragments/000000-0000.parquet": "", "manifest.json": "{}"}
@@ -203,20 +204,16 @@ def test_storage_spec_rejects_credentials_and_unknown_schemes(tiny_spec, storage
 
 def test_cli_runs_list_prints_a_table(tmp_path, capsys):
     root = Location(str(tmp_path))
-    summary = {
-        "spec_hash": "ab" * 32,
-        "steps": 7,
-        "verdict": {"metric": "ndcg@10", "baseline": 0.5},
-    }
+    summary = summary_dict(spec_hash="ab" * 32, steps=7, verdict=verdict_dict(0.5, 0.5))
     _fake_run(root, "qs", "r1", {"summary.json": json.dumps(summary), "model/manifest.json": "{}"})
     assert main(["runs", "list", str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    assert "| qs | r1 | abababababababab | complete | 7 | ndcg@10 | 0.5000 |  |" in table
+    assert "| qs | r1 | abababababababab | complete | 7 | ndcg@10 | 0.5000 | 0.5000 |" in table
 
 
 def test_a_torn_summary_is_listed_as_such_and_the_other_runs_still_are(tmp_path, capsys):
     root = Location(str(tmp_path))
-    good = {"spec_hash": "cd" * 32, "steps": 3, "verdict": {"metric": "ndcg@10"}}
+    good = summary_dict(spec_hash="cd" * 32, steps=3)
     _fake_run(root, "qs", "r1", {"summary.json": '{"steps": 7, "verd', "model/manifest.json": "{}"})
     _fake_run(root, "qs", "r2", {"summary.json": json.dumps(good), "model/manifest.json": "{}"})
     assert main(["runs", "list", str(tmp_path)]) == 0

@@ -61,18 +61,18 @@ def test_a_tiny_change_is_within_noise_and_said_so():
     base = rng.random(1000)
     tuned = np.clip(base + rng.normal(0, 0.05, 1000), 0, 1)
     judged = verdict("ndcg@10", evaluation(base), evaluation(tuned))
-    assert judged["outcome"] == "within noise" and not judged["improved"]
-    low, high = judged["interval"]
+    assert judged.outcome == "within noise" and not judged.improved
+    low, high = judged.interval
     assert low < 0 < high
     assert describe(judged).startswith("within noise: ndcg@10 ")
-    tone, sentence = headline({"verdict": judged})
+    tone, sentence = headline(judged)
     assert tone == "same" and "Keep the base model" in sentence
 
 
 def test_a_metric_without_per_query_values_has_no_interval():
     base = Evaluation({"labels/roc_auc": 0.8}, {})
     judged = verdict("labels/roc_auc", base, Evaluation({"labels/roc_auc": 0.9}, {}))
-    assert judged["interval"] is None and judged["outcome"] == "improved"
+    assert judged.interval is None and judged.outcome == "improved"
     assert describe(judged).endswith("(no interval)")
 
 
@@ -82,12 +82,13 @@ def test_forgetting_overrides_an_in_domain_gain():
     before = evaluation(base, guard)
     after = evaluation(base + 0.03, guard - 0.02)
     judged = verdict("ndcg@10", before, after)
-    judged["guard"] = guard_verdict("nq/ndcg@10", 0.005, before, after)
-    assert judged["outcome"] == "improved" and judged["guard"]["forgot"]
-    tone, sentence = headline({"verdict": judged, "rejected": True})
+    assert judged.improved
+    judged = judged.with_guard(guard_verdict("nq/ndcg@10", 0.005, before, after))
+    assert judged.outcome == "improved" and judged.guard.forgot and not judged.improved
+    tone, sentence = headline(judged, rejected=True)
     assert tone == "bad" and "model.rejected/" in sentence and "FORGOT" in sentence
     kept = guard_verdict("nq/ndcg@10", 0.005, before, evaluation(base, guard - 0.004))
-    assert not kept["forgot"]
+    assert not kept.forgot
 
 
 def test_interpolation_is_linear_in_alpha_and_keeps_integer_tensors():
