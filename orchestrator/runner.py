@@ -30,7 +30,7 @@ from orchestrator.assets import resolve_model
 from orchestrator.checkpoints import checkpoint_at
 from orchestrator.data.compile import CompiledData, compile_sources
 from orchestrator.data.sources import SourceReport
-from orchestrator.estimate import negatives_per_query, total_steps
+from orchestrator.estimate import total_steps
 from orchestrator.lease import LEASE_FILE, RunLease
 from orchestrator.monitor import Display, RunMonitor, interactive_display, read_history
 from orchestrator.preflight import preflight
@@ -251,7 +251,7 @@ def finish(
         "pairs_seen": metrics.get("pairs_seen"),
         "source_steps": metrics.get("source_steps"),
         "negatives_per_query": metrics.get("negatives_per_query")
-        or negatives_per_query(spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, 0),
+        or spec.loss.negatives_per_query(spec.per_worker_batch_size, spec.scaling.num_workers, 0),
         "trainable_params": metrics.get("trainable_params"),
         "total_params": metrics.get("total_params"),
         "final_loss": metrics.get("loss"),

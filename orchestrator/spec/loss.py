@@ -37,6 +37,15 @@ class _LossBase(Section):
             raise ValueError("matryoshka_weights needs one weight per matryoshka_dims entry")
         return self
 
+    def negatives_per_query(self, per_worker_batch: int, world_size: int, hard: int) -> int:
+        """How many candidates compete with each query's positive in one step.
+
+        In-batch losses (InfoNCE) rank against the whole pool; triplet against its own
+        negatives; the pair losses (CoSENT, AnglE, cosine, contrastive) score each pair on its
+        own: 0.
+        """
+        return 0
+
     def column_problem(self, columns: ColumnMap) -> str | None:
         """Why this loss cannot train on rows with these columns, or None."""
         kind = self.kind  # type: ignore[attr-defined]
@@ -113,6 +122,10 @@ class InfoNCELoss(_LossBase):
             return self.guide is None
         return self.mask_false_negatives
 
+    def negatives_per_query(self, per_worker_batch: int, world_size: int, hard: int) -> int:
+        pool = per_worker_batch * (world_size if self.gather_across_workers else 1)
+        return pool * (1 + hard) - 1
+
     def column_problem(self, columns: ColumnMap) -> str | None:
         if self.guide is not None and len(columns.negatives) > 1:
             return (
@@ -147,6 +160,9 @@ class TripletLossSpec(_LossBase):
     distance: Literal["cosine", "euclidean", "manhattan"] = "cosine"
     formats: ClassVar[tuple[str, ...]] = (TRIPLETS,)
     max_negatives: ClassVar[int | None] = 1
+
+    def negatives_per_query(self, per_worker_batch: int, world_size: int, hard: int) -> int:
+        return hard
 
 
 class CoSENTLossSpec(_LossBase):
