@@ -30,7 +30,7 @@ class ColumnMap(Section):
     ``positive`` is then simply the second text). labeled pairs: + ``label`` (1 similar, 0 not).
     """
 
-    anchor: str = ANCHOR
+    anchor: str = Field(default=ANCHOR, description="The anchor (query), or the first text.")
     positive: str = Field(default=POSITIVE, description="The positive, or the second text.")
     negatives: list[str] = Field(
         default_factory=list, description="Zero or more hard-negative columns, in order."

@@ -18,20 +18,33 @@ class _FileSource(Section):
         default=None,
         description="S3-compatible endpoint for an s3:// path; None: AWS or $AWS_ENDPOINT_URL.",
     )
-    columns: ColumnMap = Field(default_factory=ColumnMap)
-    weight: PositiveFloat = 1.0
+    columns: ColumnMap = Field(
+        default_factory=ColumnMap,
+        description="The file's own column names for anchor, positive and negatives, score or "
+        "label; which are set gives the row format.",
+    )
+    weight: PositiveFloat = Field(
+        default=1.0,
+        description="Relative probability that a global batch comes from this source.",
+    )
     max_rows: PositiveInt | None = Field(default=None, description="Use only the first N rows.")
 
 
 class JsonlSource(_FileSource):
+    """JSON Lines: one JSON object a row."""
+
     format: Literal["jsonl"]
 
 
 class ParquetSource(_FileSource):
+    """Parquet files."""
+
     format: Literal["parquet"]
 
 
 class CsvSource(_FileSource):
+    """CSV with a header row, split by ``delimiter``."""
+
     format: Literal["csv"]
     delimiter: str = Field(
         default=",",
@@ -45,17 +58,22 @@ Source = Annotated[JsonlSource | ParquetSource | CsvSource, Field(discriminator=
 
 
 class DataSpec(Section):
-    sources: dict[str, Source] = Field(min_length=1)
+    sources: dict[str, Source] = Field(
+        min_length=1,
+        description="The training corpora by name; every global batch comes from one source, "
+        "drawn by weight, so in-batch negatives stay in one domain.",
+    )
     eval: RetrievalEvalSpec | None = Field(
         default=None,
-        description="The held-out test retrieval set: every reported figure (verdict, card, "
-        "tables); its metrics are ndcg@10, ...",
+        description="The held-out test retrieval set, in BEIR layout: every reported figure "
+        "(verdict, card, tables) is measured here; its metrics are ndcg@10, ...",
     )
     validation: RetrievalEvalSpec | None = Field(
         default=None,
-        description="A second held-out retrieval set for every choice a run makes: "
-        "evaluations during training (a search's metric) and the merge weight. None: those "
-        "use data.eval, and choices are then judged on the figures they were chosen on.",
+        description="A second held-out retrieval set (same layout, other articles) for every "
+        "choice a run makes: evaluations during training (so a search's metric and ASHA) and "
+        "the merge weight. None: those use data.eval, and choices are then judged on the "
+        "figures they were chosen on.",
     )
     eval_sets: dict[str, EvalSet] = Field(
         default_factory=dict,
@@ -77,7 +95,7 @@ class DataSpec(Section):
         default=0,
         ge=0,
         description="Length bucketing: regroup each window of this many shuffled batches "
-        "into batches of similar lengths (less padding); 0 or 1: off.",
+        "into batches of similar lengths, so less padding; 0 or 1: off.",
     )
     shuffle_window: PositiveInt = Field(
         default=32768,

@@ -22,11 +22,15 @@ from orchestrator.spec.columns import (
 class RetrievalEvalSpec(Section):
     """A held-out retrieval set in BEIR layout: corpus/queries JSONL (`_id`, `text`) + qrels TSV."""
 
-    kind: Literal["retrieval"] = "retrieval"
-    corpus: PathText
-    queries: PathText
+    kind: Literal["retrieval"] = Field(
+        default="retrieval", description="Always retrieval here; may be left out."
+    )
+    corpus: PathText = Field(description="JSON Lines of passages: `_id`, `text`.")
+    queries: PathText = Field(description="JSON Lines of queries: `_id`, `text`.")
     qrels: PathText = Field(description="TSV with header: query-id, corpus-id, score.")
-    max_queries: PositiveInt | None = None
+    max_queries: PositiveInt | None = Field(
+        default=None, description="Evaluate a seeded random sample of this many queries."
+    )
 
     def local_files(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in ("corpus", "queries", "qrels")}
@@ -42,8 +46,11 @@ class _PairEvalSet(Section):
     """A held-out file of rows like the training rows: JSONL, CSV or Parquet (by its suffix)."""
 
     path: PathText = Field(description="A local .jsonl/.json, .csv/.tsv or .parquet file.")
-    columns: ColumnMap = Field(default_factory=ColumnMap)
-    max_rows: PositiveInt | None = None
+    columns: ColumnMap = Field(
+        default_factory=ColumnMap,
+        description="The file's own column names, as for a source; the kind fixes the format.",
+    )
+    max_rows: PositiveInt | None = Field(default=None, description="Use only the first N rows.")
     #: Metric names this kind of set reports, each as ``<set name>/<metric>``.
     metrics: ClassVar[tuple[str, ...]] = ()
     #: The row format (see :class:`ColumnMap`) the file must have.
@@ -129,7 +136,11 @@ class GuardSpec(RetrievalEvalSpec):
     the run's model (unless ``eval.accept_forgetting``). Its metrics are ``<name>/<metric>``.
     """
 
-    name: str = Field(default="guard", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    name: str = Field(
+        default="guard",
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="The guard's metrics are <name>/<metric>, e.g. nq/ndcg@10.",
+    )
     metric: str = Field(default="ndcg@10", description="The retrieval metric compared.")
     max_drop: float = Field(
         default=0.005, ge=0.0, le=1.0, description="Largest tolerated drop below the base."
@@ -157,18 +168,30 @@ class GuardSpec(RetrievalEvalSpec):
 
 
 class EvalSpec(Section):
-    batch_size: PositiveInt = 64
-    k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10], min_length=1)
-    main_metric: str = "ndcg@10"
+    batch_size: PositiveInt = Field(default=64, description="Texts embedded at once.")
+    k_values: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 3, 5, 10],
+        min_length=1,
+        description="Cutoffs of the retrieval metrics (ndcg, mrr, recall, precision, accuracy "
+        "@k; 10 always; map at 100 only).",
+    )
+    main_metric: str = Field(
+        default="ndcg@10",
+        description="Decides the verdict, e.g. ndcg@10, dim64/ndcg@10 or refutes/accuracy.",
+    )
     matryoshka_dims: list[PositiveInt] = Field(
         default_factory=list,
         description="Also evaluate embeddings truncated to these dims; their metrics are "
         "named dim<d>/<metric>, e.g. dim64/ndcg@10.",
     )
     guard: GuardSpec | None = Field(
-        default=None, description="General-domain set that catches forgetting (see GuardSpec)."
+        default=None,
+        description="A general-domain retrieval set the run never trains on: a fine-tuned "
+        "model more than max_drop below its base there has forgotten, and is not published "
+        "as the run's model.",
     )
     accept_forgetting: bool = Field(
         default=False,
-        description="Publish the model as the run's model even when the guard says it forgot.",
+        description="Publish the model as the run's model (model/) even when the guard says "
+        "it forgot.",
     )

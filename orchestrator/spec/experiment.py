@@ -26,23 +26,53 @@ class TestingSpec(Section):
     kill_worker_at_step: PositiveInt = Field(
         description="SIGKILL one training worker once, when it reaches this step."
     )
-    kill_rank: int = Field(default=0, ge=0)
+    kill_rank: int = Field(default=0, ge=0, description="The rank of the worker killed.")
 
 
 class ExperimentSpec(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    description: str = ""
-    model: ModelSpec
-    data: DataSpec
-    loss: Loss
-    lora: LoraSpec | None = None
-    merge: MergeSpec | None = None
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
-    eval: EvalSpec = Field(default_factory=EvalSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
-    tune: TuneSpec | None = None
-    testing: TestingSpec | None = None
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="Experiment name: the folder of its runs under storage.uri.",
+    )
+    description: str = Field(default="", description="Free text, for people.")
+    model: ModelSpec = Field(description="Which encoder to start from and how texts reach it.")
+    data: DataSpec = Field(description="The training sources and the held-out sets.")
+    loss: Loss = Field(
+        description="The training objective, by kind; each trains on some row formats "
+        "(pairs, triplets, scored pairs, labeled pairs)."
+    )
+    lora: LoraSpec | None = Field(
+        default=None, description="LoRA adapters (peft); absent: full fine-tuning."
+    )
+    merge: MergeSpec | None = Field(
+        default=None,
+        description="Weight-space interpolation of base and fine-tuned (WiSE-FT) before "
+        "export; absent: the fine-tuned model as is.",
+    )
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="Optimizer, budget, precision and cadence."
+    )
+    scaling: ScalingSpec = Field(
+        default_factory=ScalingSpec, description="Training workers and data tasks on Ray."
+    )
+    eval: EvalSpec = Field(
+        default_factory=EvalSpec,
+        description="How held-out sets are evaluated, the metric of the verdict, the guard.",
+    )
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec,
+        description="Where runs live; credentials never go here (they come from the "
+        "environment, ~/.aws or the instance role).",
+    )
+    tune: TuneSpec | None = Field(
+        default=None,
+        description="A search over the spec itself (`orchestrator tune`): each trial is a run "
+        "of the spec with sampled overrides.",
+    )
+    testing: TestingSpec | None = Field(
+        default=None, description="Chaos testing: kill a worker to rehearse recovery."
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentSpec:

@@ -15,12 +15,25 @@ from orchestrator.spec.columns import (
     ColumnMap,
 )
 
+#: τ of the softmax (InfoNCE) or of the ranking (CoSENT, AnglE).
+_TEMPERATURE = (
+    "τ; scale = 1/τ. validate and run warn when τ is more than 2x off the τ a known base "
+    "model was trained with (0.05 for the all-* models)."
+)
+
+#: How the margin losses measure the distance between two embeddings.
+Distance = Literal["cosine", "euclidean", "manhattan"]
+
 
 class _LossBase(Section):
     matryoshka_dims: list[PositiveInt] | None = Field(
-        default=None, description="Also train truncated embeddings (largest first)."
+        default=None,
+        description="Also train embeddings truncated to these dims (largest first; "
+        "MatryoshkaLoss).",
     )
-    matryoshka_weights: list[PositiveFloat] | None = None
+    matryoshka_weights: list[PositiveFloat] | None = Field(
+        default=None, description="One weight per matryoshka_dims entry; None: all 1."
+    )
     #: The row formats (see :class:`ColumnMap`) this loss trains on.
     formats: ClassVar[tuple[str, ...]] = (PAIRS, TRIPLETS)
     #: At most this many negative columns (None: any number).
@@ -73,11 +86,16 @@ class GuideSpec(Section):
         description="'base' (the run's own base model, frozen) or a model folder, known "
         "offline model or Hub id.",
     )
-    margin: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Leave out candidates at least as similar as the positive minus this.",
+    )
     margin_strategy: Literal["absolute", "relative"] = Field(
         default="absolute",
         description="absolute: leave out above positive - margin; relative: above "
-        "positive - |positive| x margin.",
+        "positive - abs(positive) x margin.",
     )
 
 
@@ -85,7 +103,7 @@ class InfoNCELoss(_LossBase):
     """InfoNCE / MultipleNegativesRanking: in-batch (and hard) negatives, softmax at τ."""
 
     kind: Literal["infonce", "mnrl"]
-    temperature: PositiveFloat = Field(default=0.05, le=1.0, description="τ; scale = 1/τ.")
+    temperature: PositiveFloat = Field(default=0.05, le=1.0, description=_TEMPERATURE)
     symmetric: bool = Field(default=False, description="Add the passage→query direction.")
     gather_across_workers: bool = Field(
         default=True, description="Share in-batch negatives across all data-parallel workers."
@@ -93,13 +111,16 @@ class InfoNCELoss(_LossBase):
     mask_false_negatives: bool | None = Field(
         default=None,
         description="Leave out in-batch candidates whose text is the anchor's own positive "
-        "(another question about the same paragraph): they are not negatives. Default: on, "
-        "unless a guide filters the candidates.",
+        "(another question about the same paragraph): they are not negatives; counted per "
+        "query as false_negatives_masked in the history. Default: on, unless a guide "
+        "filters the candidates.",
     )
     guide: GuideSpec | None = Field(
         default=None,
-        description="Filter in-batch candidates with a guide model instead "
-        "(sentence-transformers' GISTEmbedLoss).",
+        description="Filter in-batch candidates with a guide model instead (GISTEmbed: "
+        "sentence-transformers' GISTEmbedLoss, CachedGISTEmbedLoss for the cached kinds): "
+        "replaces the equal-text mask, query → passage only, at most one hard negative, one "
+        "more forward (no gradients) per step.",
     )
 
     @model_validator(mode="after")
@@ -139,8 +160,8 @@ class CachedInfoNCELoss(InfoNCELoss):
     """InfoNCE with GradCache: the batch (the in-batch pool) is no longer bounded by memory.
 
     Texts are embedded ``mini_batch_size`` at a time without a graph, the loss is taken over the
-    whole batch, and each mini-batch is embedded again with gradients: about 1.3x the compute of
-    plain InfoNCE for activations of one mini-batch.
+    whole batch, and each mini-batch is embedded again with gradients: more compute than plain
+    InfoNCE for activations of one mini-batch (both measured in bench/RESULTS.md).
     """
 
     kind: Literal["cached_mnrl", "cached_infonce"]  # type: ignore[assignment]
@@ -156,8 +177,10 @@ class TripletLossSpec(_LossBase):
     """max(d(a, p) - d(a, n) + margin, 0) over (anchor, positive, negative) rows."""
 
     kind: Literal["triplet"]
-    margin: PositiveFloat = 0.5
-    distance: Literal["cosine", "euclidean", "manhattan"] = "cosine"
+    margin: PositiveFloat = Field(
+        default=0.5, description="How much closer than the negative the positive must be."
+    )
+    distance: Distance = Field(default="cosine", description="The distance d.")
     formats: ClassVar[tuple[str, ...]] = (TRIPLETS,)
     max_negatives: ClassVar[int | None] = 1
 
@@ -172,7 +195,7 @@ class CoSENTLossSpec(_LossBase):
     """
 
     kind: Literal["cosent", "angle"]
-    temperature: PositiveFloat = Field(default=0.05, le=1.0, description="τ; scale = 1/τ.")
+    temperature: PositiveFloat = Field(default=0.05, le=1.0, description=_TEMPERATURE)
     formats: ClassVar[tuple[str, ...]] = (SCORED_PAIRS,)
 
 
@@ -191,8 +214,10 @@ class ContrastiveLossSpec(_LossBase):
     """
 
     kind: Literal["contrastive", "online_contrastive"]
-    margin: PositiveFloat = 0.5
-    distance: Literal["cosine", "euclidean", "manhattan"] = "cosine"
+    margin: PositiveFloat = Field(
+        default=0.5, description="The distance beyond which label-0 pairs are pushed."
+    )
+    distance: Distance = Field(default="cosine", description="The distance between embeddings.")
     formats: ClassVar[tuple[str, ...]] = (LABELED_PAIRS,)
 
 

@@ -14,9 +14,13 @@ class ModelSpec(Section):
 
     base: PathText = Field(
         description="A local SentenceTransformer/transformers folder, a known offline name "
-        "(see `orchestrator prepare --list`), or a Hub id where a network allows it."
+        "(all-MiniLM-L6-v2, all-mpnet-base-v2, sre-MiniLM: `orchestrator prepare --list`), "
+        "spec:<path> (the model another spec's run exported), or a Hub id where a network "
+        "allows it."
     )
-    max_seq_length: PositiveInt = 256
+    max_seq_length: PositiveInt = Field(
+        default=256, description="Longest text in tokens; longer texts are truncated."
+    )
     pooling: Literal["mean", "cls", "lasttoken"] | None = Field(
         default=None, description="Override the model's own pooling; None keeps it."
     )
@@ -25,19 +29,39 @@ class ModelSpec(Section):
         ge=0.0,
         lt=1.0,
         description="Override the attention-probability dropout (None keeps the model's). "
-        "0 lets PyTorch use its fused attention kernel while training: 1.5x faster steps "
-        "on CPU (bench/), at the cost of that regularizer.",
+        "0 lets PyTorch use its fused attention kernel while training: faster steps on CPU "
+        "(measured in bench/RESULTS.md), at the cost of that regularizer.",
     )
-    query_prompt: str = Field(default="", description="Prefix for anchors/queries, e.g. 'query: '.")
-    passage_prompt: str = Field(default="", description="Prefix for positives/negatives/corpus.")
-    trust_remote_code: bool = False
+    query_prompt: str = Field(
+        default="",
+        description="Prefix for anchors/queries, e.g. 'query: ' for e5; applied in training "
+        "and evaluation alike.",
+    )
+    passage_prompt: str = Field(
+        default="",
+        description="Prefix for positives/negatives/corpus, e.g. 'passage: ' for e5; applied "
+        "in training and evaluation alike.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Let transformers run the model's own code from its folder or Hub repo; "
+        "off unless a spec turns it on.",
+    )
 
 
 class LoraSpec(Section):
-    r: PositiveInt = 8
-    alpha: PositiveFloat = 16
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    r: PositiveInt = Field(default=8, description="Rank of the adapter matrices.")
+    alpha: PositiveFloat = Field(
+        default=16, description="The adapters' update is scaled by alpha / r."
+    )
+    dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input."
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"],
+        min_length=1,
+        description="Names of the modules that get adapters (peft's target_modules).",
+    )
     merge: bool = Field(default=True, description="Merge into the base weights on export.")
 
 
@@ -51,7 +75,12 @@ class MergeSpec(Section):
     """
 
     alphas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
-        min_length=1, description="Weights of the fine-tuned model to try (1 = no merge)."
+        min_length=1,
+        description="Weights of the fine-tuned model to try, 0 < alpha <= 1 (1 = no merge): "
+        "the exported model is base + alpha·(fine-tuned - base), LoRA merged first. Several: "
+        "each is evaluated on the validation splits, in-domain and guard, and the best "
+        "in-domain one that keeps the guard within eval.guard.max_drop is exported (the "
+        "smallest guard drop if none does); one: applied as is.",
     )
 
     @field_validator("alphas")

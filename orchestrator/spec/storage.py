@@ -20,11 +20,13 @@ class StorageSpec(Section):
         description="S3-compatible endpoint (MinIO, R2, a test server), e.g. "
         "http://127.0.0.1:9000; None: AWS, or $AWS_ENDPOINT_URL.",
     )
-    region: str | None = None
+    region: str | None = Field(default=None, description="S3 region; None: the environment's.")
     retry_attempts: PositiveInt = Field(
         default=8, description="Attempts per storage request (AWS 'standard' retry backoff)."
     )
-    keep_checkpoints: PositiveInt = 2
+    keep_checkpoints: PositiveInt = Field(
+        default=2, description="Checkpoints kept per run, the newest."
+    )
 
     @field_validator("uri")
     @classmethod

@@ -10,30 +10,47 @@ from orchestrator.spec.base import Section, Seed
 
 
 class TrainSpec(Section):
-    lr: PositiveFloat = 2e-5
-    weight_decay: float = Field(default=0.01, ge=0.0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    epochs: PositiveFloat | None = 1.0
+    lr: PositiveFloat = Field(default=2e-5, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(
+        default=0.01, ge=0.0, description="AdamW weight decay, not on biases and LayerNorms."
+    )
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        default="linear", description="The learning rate after warmup."
+    )
+    warmup_ratio: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Share of the steps that warm up from 0."
+    )
+    epochs: PositiveFloat | None = Field(
+        default=1.0, description="Passes over all usable rows; max_steps overrides it."
+    )
     max_steps: PositiveInt | None = Field(default=None, description="Overrides epochs when set.")
     batch_size: PositiveInt = Field(
-        default=32, description="Global batch: pairs per step over all workers (in-batch pool)."
+        default=32,
+        description="Global batch: pairs per step over all workers (the in-batch negative "
+        "pool); divides evenly over scaling.num_workers.",
     )
-    max_grad_norm: PositiveFloat | None = 1.0
+    max_grad_norm: PositiveFloat | None = Field(
+        default=1.0, description="Clip the gradient norm to this; None: no clipping."
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        default="fp32", description="Autocast dtype on GPU; bf16 also works on CPU."
+        default="fp32",
+        description="Autocast dtype on GPU; bf16 also works on CPU; fp16 needs GPUs.",
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory."
+    )
     embed_group_rows: PositiveInt | None = Field(
         default=None,
         description="Embed a step's texts in length-sorted groups of at most this many rows, "
         "each padded to its own longest text: less padding, faster steps on CPU (the same "
         "embeddings); none: one padded batch per kind of text.",
     )
-    seed: Seed = 42
+    seed: Seed = Field(default=42, description="Seeds torch, the data order and the mixture.")
     eval_every: int = Field(default=0, ge=0, description="Steps between evaluations; 0 = at end.")
     checkpoint_every: PositiveInt = Field(default=50, description="Steps between checkpoints.")
-    log_every: PositiveInt = 10
+    log_every: PositiveInt = Field(
+        default=10, description="Steps between training reports (loss, throughput, ...)."
+    )
 
     @model_validator(mode="after")
     def _has_budget(self) -> TrainSpec:
@@ -43,11 +60,15 @@ class TrainSpec(Section):
 
 
 class ScalingSpec(Section):
-    num_workers: PositiveInt = 1
+    num_workers: PositiveInt = Field(
+        default=1, description="Data-parallel training workers (Ray Train)."
+    )
     cpus_per_worker: PositiveFloat = Field(
         default=1.0, description="Fractions leave CPU for Ray Data on small machines."
     )
-    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    gpus_per_worker: float = Field(
+        default=0.0, ge=0.0, description="GPUs per worker; more than 0 trains on GPUs (NCCL)."
+    )
     cpus_per_data_task: PositiveFloat = Field(
         default=0.5,
         description="CPU per Ray Data read/tokenize task (fractions overlap with training).",

@@ -32,9 +32,15 @@ class SearchDomain(Section):
     grid: list[Any] | None = Field(
         default=None, min_length=1, description="Try every value (each num_samples times)."
     )
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
-    randint: tuple[int, int] | None = Field(default=None, description="Both ends included.")
+    uniform: tuple[float, float] | None = Field(
+        default=None, description="[low, high]: sample a number uniformly."
+    )
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = Field(
+        default=None, description="[low, high], both > 0: sample uniformly on a log scale."
+    )
+    randint: tuple[int, int] | None = Field(
+        default=None, description="[low, high]: sample an integer; both ends included."
+    )
     when: dict[str, Any] | None = Field(
         default=None,
         description="Sample only when these earlier parameters take these values (a value or "
@@ -76,7 +82,9 @@ class TuneSpec(Section):
     metric: str = Field(
         default="ndcg@10", description="Held-out metric to optimize, e.g. ndcg@10, dim64/ndcg@10."
     )
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field(
+        default="max", description="max: a higher metric is better; min: a lower one."
+    )
     space: dict[str, SearchDomain] = Field(
         min_length=1, description="Dotted spec paths (as in overrides) → search domain."
     )
@@ -85,7 +93,8 @@ class TuneSpec(Section):
     )
     max_concurrent_trials: PositiveInt | None = Field(
         default=None,
-        description="None: as many as the cluster's CPUs/GPUs hold, given each trial's scaling.",
+        description="Trials at once; None: as many as the cluster's CPUs/GPUs hold, given "
+        "each trial's scaling.",
     )
     search: Literal["random", "optuna"] = Field(
         default="random", description="random (grids enumerated) or Optuna's TPE sampler."
