@@ -18,6 +18,7 @@ One module a section, in the order a spec is written:
 - :mod:`~orchestrator.spec.experiment`: :class:`ExperimentSpec`, the checks across sections, hash
 - :mod:`~orchestrator.spec.load`: :func:`load_spec`, overrides, :class:`SpecError`
 - :mod:`~orchestrator.spec.yaml_reader`: the defensive YAML reader
+- :mod:`~orchestrator.spec.reference`: the README's table of fields, from their descriptions
 """
 
 from __future__ import annotations
