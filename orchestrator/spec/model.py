@@ -76,7 +76,7 @@ class MergeSpec(Section):
 
     alphas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         min_length=1,
-        description="Weights of the fine-tuned model to try, 0 < alpha <= 1 (1 = no merge): "
+        description="Weights of the fine-tuned model to try, 0 < alpha ≤ 1 (1 = no merge): "
         "the exported model is base + alpha·(fine-tuned - base), LoRA merged first. Several: "
         "each is evaluated on the validation splits, in-domain and guard, and the best "
         "in-domain one that keeps the guard within eval.guard.max_drop is exported (the "

@@ -16,6 +16,7 @@ is not listed again: its row says where its fields are.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -220,7 +221,11 @@ def _choices(annotation: Any) -> list[str]:
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Markdown for a table cell: ``|`` escaped, and ``<name>`` outside code kept from being
+    read as an HTML tag."""
+    parts = text.replace("|", "\\|").split("`")
+    parts[::2] = [re.sub(r"<(?=[A-Za-z/])", r"\\<", p) for p in parts[::2]]
+    return "`".join(parts)
 
 
 def readme_section(text: str) -> str:
