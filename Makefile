@@ -9,7 +9,7 @@ SPEC ?= experiments/quickstart.yaml
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install prepare demo test lint format clean
+.PHONY: install prepare demo test lint format spec-table clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix orchestrator tests
 	$(VENV)/bin/ruff format orchestrator tests
+
+# The README's table of spec fields, generated from the field descriptions in orchestrator/spec/.
+spec-table: install
+	$(PY) -m orchestrator.spec.reference --write README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

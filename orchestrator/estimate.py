@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator.assets import resolve_model
 from orchestrator.data.sources import local_rows
-from orchestrator.spec import ExperimentSpec, InfoNCELoss, Loss
+from orchestrator.spec import ExperimentSpec
 
 SAMPLE_ROWS = 512
 
@@ -106,8 +106,8 @@ def estimate(spec: ExperimentSpec) -> Estimate:
         sources=sources,
         steps=steps,
         pairs=steps * batch if steps is not None else None,
-        negatives_per_query=negatives_per_query(
-            spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, hard
+        negatives_per_query=spec.loss.negatives_per_query(
+            spec.per_worker_batch_size, spec.scaling.num_workers, hard
         ),
         tokens=tokens,
     )
@@ -163,17 +163,3 @@ def _mean_tokens(spec: ExperimentSpec, encode, sample: list[list[str]]) -> float
 def negatives_phrase(count: int) -> str:
     """``31 negatives per query``, or what a pair loss does instead."""
     return f"{count} negatives per query" if count else "each pair scored on its own"
-
-
-def negatives_per_query(spec: Loss, per_worker_batch: int, world_size: int, hard: int) -> int:
-    """How many candidates compete with each query's positive in one step.
-
-    In-batch losses (InfoNCE) rank against the whole pool; triplet against its own negatives;
-    the pair losses (CoSENT, AnglE, cosine, contrastive) score each pair on its own: 0.
-    """
-    if spec.kind == "triplet":
-        return hard
-    if not isinstance(spec, InfoNCELoss):
-        return 0
-    pool = per_worker_batch * (world_size if spec.gather_across_workers else 1)
-    return pool * (1 + hard) - 1

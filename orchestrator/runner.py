@@ -21,7 +21,7 @@ from ray.train import Checkpoint
 from orchestrator.assets import resolve_model
 from orchestrator.data.compile import CompiledData, compile_sources
 from orchestrator.data.sources import SourceReport
-from orchestrator.estimate import negatives_per_query, total_steps
+from orchestrator.estimate import total_steps
 from orchestrator.layout import (
     LEASE_FILE,
     REPORT_FILE,
@@ -229,8 +229,8 @@ def trained_facts(
     location: Location,
 ) -> Trained:
     """The training half of a run's summary, from the report of its final checkpoint."""
-    negatives = final.negatives_per_query or negatives_per_query(
-        spec.loss, spec.per_worker_batch_size, spec.scaling.num_workers, 0
+    negatives = final.negatives_per_query or spec.loss.negatives_per_query(
+        spec.per_worker_batch_size, spec.scaling.num_workers, 0
     )
     return Trained(
         run_id=spec.run_id,

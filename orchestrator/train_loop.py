@@ -39,7 +39,6 @@ from orchestrator.data.feed import FeedSettings, RankFeed, fragments_of
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
 from orchestrator.errors import DamagedCheckpointError
-from orchestrator.estimate import negatives_per_query
 from orchestrator.losses import build_loss
 from orchestrator.modeling import (
     attach_lora,
@@ -429,7 +428,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "peak_memory_mib": peak_memory_mib(device),
             "rows_decoded": sum(feed.reader.rows_decoded for feed in feeds.values()),
             "time": time.time(),
-            "negatives_per_query": negatives_per_query(spec.loss, local_batch, world, hard),
+            "negatives_per_query": spec.loss.negatives_per_query(local_batch, world, hard),
             "trainable_params": trainable,
             "total_params": total,
             "source_steps": dict(source_steps),

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.data.tokenize import Batch, pad
-from orchestrator.estimate import negatives_per_query
 from orchestrator.losses import build_loss
 from orchestrator.spec import (
     LOSS_CLASSES,
@@ -234,7 +233,7 @@ def test_loss_has_gradients(model):
     ],
 )
 def test_negatives_per_query(spec, per_worker, world, hard, expected):
-    assert negatives_per_query(spec, per_worker, world, hard) == expected
+    assert spec.negatives_per_query(per_worker, world, hard) == expected
 
 
 # --------------------------------------------------------------------------- two processes
@@ -305,7 +304,7 @@ def test_gathered_infonce_across_two_processes(model, tmp_path):
         local_only = info_nce(queries[mine].detach(), positives[mine].detach(), 20.0)
         assert result["loss"].item() != pytest.approx(local_only.item(), rel=1e-3)
         total = total + expected
-    assert negatives_per_query(infonce_spec(), LOCAL_B, WORLD, 0) == 5
+    assert infonce_spec().negatives_per_query(LOCAL_B, WORLD, 0) == 5
 
     # Gradients reach the local embeddings: each rank gets d(sum of all ranks' losses)/d(own rows).
     total.backward()

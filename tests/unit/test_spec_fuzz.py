@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.spec import SpecError, load_spec
-from orchestrator.spec_yaml import YamlProblem, parse_yaml
+from orchestrator.spec.yaml_reader import YamlProblem, parse_yaml
 
 EXPERIMENTS = sorted((Path(__file__).parents[2] / "experiments").glob("*.yaml"))
 RAW = [yaml.safe_load(p.read_text()) for p in EXPERIMENTS]

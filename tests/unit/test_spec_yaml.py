@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator.spec import SpecError, load_spec
-from orchestrator.spec_yaml import MAX_BYTES
+from orchestrator.spec.yaml_reader import MAX_BYTES
 from tests.unit.test_spec import minimal_raw
 
 
