@@ -8,6 +8,7 @@ data home and resolves spec names like ``all-MiniLM-L6-v2`` to that folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,16 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def transformer_folder(model_path: str) -> str:
+    """The folder of a SentenceTransformer's Transformer module: its HF config and tokenizer."""
+    modules = Path(model_path) / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("Transformer"):
+                return str(Path(model_path) / module.get("path", ""))
+    return model_path
 
 
 def data_home() -> Path:

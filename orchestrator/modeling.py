@@ -51,7 +51,7 @@ def _attention_dropout_kwargs(model_path: str, dropout: float | None) -> dict | 
         return None
     from transformers import AutoConfig
 
-    from orchestrator.data.tokenize import transformer_folder
+    from orchestrator.assets import transformer_folder
 
     config = AutoConfig.from_pretrained(transformer_folder(model_path), local_files_only=True)
     keys = [k for k in _ATTENTION_DROPOUT_KEYS if hasattr(config, k)]

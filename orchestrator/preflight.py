@@ -138,7 +138,7 @@ def lora_target_problems(spec: ExperimentSpec) -> list[str]:
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from orchestrator.data.tokenize import transformer_folder
+    from orchestrator.assets import transformer_folder
 
     folder = transformer_folder(resolve_model(spec.model.base, fetch=False))
     config = AutoConfig.from_pretrained(folder, local_files_only=True)

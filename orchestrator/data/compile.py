@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orchestrator.assets import transformer_folder
 from orchestrator.data.files import format_files
 from orchestrator.data.sources import (
     FILE,
@@ -43,7 +44,7 @@ from orchestrator.data.sources import (
     read_records,
     resolve_paths,
 )
-from orchestrator.data.tokenize import IDS_SUFFIX, tokenize_batch, transformer_folder
+from orchestrator.data.tokenize import IDS_SUFFIX, tokenize_batch
 from orchestrator.layout import COMPILED_DIR
 from orchestrator.spec import LABEL, SCORE
 from orchestrator.storage import (

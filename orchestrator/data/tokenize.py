@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from orchestrator.assets import transformer_folder
 from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE
 
 if TYPE_CHECKING:
@@ -31,16 +32,6 @@ def text_columns(names: list[str]) -> list[str]:
         (c for c in names if c.startswith("negative_")), key=lambda c: int(c.rsplit("_", 1)[1])
     )
     return [ANCHOR, POSITIVE, *negatives]
-
-
-def transformer_folder(model_path: str) -> str:
-    """The folder of a SentenceTransformer's Transformer module: its HF config and tokenizer."""
-    modules = Path(model_path) / "modules.json"
-    if modules.is_file():
-        for module in json.loads(modules.read_text()):
-            if module.get("type", "").endswith("Transformer"):
-                return str(Path(model_path) / module.get("path", ""))
-    return model_path
 
 
 @lru_cache(maxsize=4)
@@ -72,8 +63,9 @@ def text_encoder(model_path: str, max_length: int) -> Callable[[list[str]], list
 
     With a ``tokenizer.json`` (every fast tokenizer has one) this is the Rust tokenizer that
     transformers' fast tokenizer wraps, loaded by the ``tokenizers`` library alone: the same
-    ids (tested against ``AutoTokenizer``), without importing transformers — 1.6 s in every
-    fresh Ray Data worker, most of the start-up's tokenizing time on a small corpus. A model
+    ids (tested against ``AutoTokenizer``), without importing transformers, which every fresh
+    Ray Data worker would pay for (most of the start-up's tokenizing time on a small corpus;
+    bench/RESULTS.md). A model
     whose tokenizer_config.json changes that tokenizer on loading goes through transformers.
     """
     folder = Path(transformer_folder(model_path))
@@ -97,8 +89,8 @@ def memoized(
 
     Pair corpora repeat their documents: SQuAD asks about five questions per paragraph, a
     mined corpus reuses the same hard negatives, a labeled set pairs one claim with several
-    passages: the quickstart's 9,183 passages are 1,763 paragraphs, tokenized in 0.47 s instead
-    of 2.47 s (``bench/tokenizing.py``).
+    passages: the quickstart's passages are a fifth as many distinct paragraphs
+    (``bench/tokenizing.py``; figures in bench/RESULTS.md).
     The memo is emptied when full, so it holds about ``capacity`` texts at most.
     """
     memo: dict[str, np.ndarray] = {}

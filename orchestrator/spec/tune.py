@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from orchestrator.spec.base import Section, Seed
+from orchestrator.step_report import EVAL_PREFIX
 
 if TYPE_CHECKING:
     from orchestrator.spec.experiment import ExperimentSpec
@@ -127,7 +128,7 @@ class TuneSpec(Section):
     @property
     def metric_key(self) -> str:
         """The name the metric carries in Ray Train/Tune reports."""
-        return f"eval/{self.metric}"
+        return f"{EVAL_PREFIX}{self.metric}"
 
     def problems(self, spec: ExperimentSpec) -> list[str]:
         problems = [spec.metric_problem("tune.metric", self.metric)]

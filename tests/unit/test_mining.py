@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from orchestrator import mining
+from orchestrator.mining import embedding
 from orchestrator.mining import (
     Candidates,
     MiningConfig,
@@ -89,7 +90,7 @@ def test_blocked_retrieval_equals_one_exact_search(monkeypatch):
     torch.manual_seed(0)
     anchors = torch.nn.functional.normalize(torch.randn(7, 8), dim=1)
     corpus = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
-    monkeypatch.setattr(mining, "SIMILARITY_BLOCK", 10)  # two anchors per block
+    monkeypatch.setattr(embedding, "SIMILARITY_BLOCK", 10)  # two anchors per block
     scores, indices = retrieve(anchors, corpus, top=9)  # capped at the corpus size
     expected_scores, expected_indices = torch.topk(anchors @ corpus.T, k=5, dim=1)
     assert torch.equal(indices, expected_indices) and torch.allclose(scores, expected_scores)
