@@ -124,11 +124,12 @@ def trained_model(spec_path: str, fetch: bool = True) -> Path:
     spec instead of a path with a hash in it. A run in object storage is pulled (verified)
     into the data home. Raises FileNotFoundError, with the command to run, when it is missing.
     """
+    from orchestrator.layout import MODEL_DIR, run_location
     from orchestrator.spec import load_spec
-    from orchestrator.storage import MANIFEST, Location, list_keys, pull
+    from orchestrator.storage import MANIFEST, list_keys, pull
 
     earlier = load_spec(spec_path)
-    model = Location.of(earlier.storage).join(earlier.name, earlier.run_id, "model")
+    model = run_location(earlier).join(MODEL_DIR)
     if MANIFEST not in set(list_keys(model)):  # written last: the export is complete
         raise FileNotFoundError(
             f"{spec_path} has no exported model at {model.uri} yet: run "
