@@ -1,14 +1,14 @@
 """Ray Tune over the spec itself: each trial is ``run`` of the spec with sampled overrides.
 
-Ray 2.60 runs Train V2, where ``Tuner(trainer)`` is gone. Each trial is a small function that
-builds and fits the same TorchTrainer as ``run`` (:func:`runner.build_trainer`), with a
+Ray Train V2 has no ``Tuner(trainer)``. Each trial is a small function that builds and fits
+the same TorchTrainer as ``run`` (:func:`orchestrator.trainer.build_trainer`), with a
 callback that forwards its evaluations to Tune. A trial's spec is the base spec with the
 sampled values, so a trial *is* a run: it trains into ``<storage>/<name>/<run id>/``, resumes
 from its own checkpoints after an interruption, and ``orchestrator run SPEC key=value ...``
 with the same values finds it already trained.
 
-What does not depend on the sampled values is done once for all trials: reading and
-tokenizing the sources, and evaluating the base model (the baseline every trial is compared
+What does not depend on the sampled values is done once for all trials: compiling the
+sources, and evaluating the base model (the baseline every trial is compared
 with). :data:`orchestrator.spec.SEARCHABLE` keeps the search away from everything else.
 """
 
@@ -49,6 +49,7 @@ from orchestrator.storage import Location, arrow_storage, list_keys, read_text, 
 from orchestrator.summary import SearchSummary, read_run_summary, write_summary
 from orchestrator.trainer import build_trainer
 from orchestrator.tune_report import REUSED, SKIPPED, TrialRow, trial_rows, write_report
+from orchestrator.verdict import Evaluation
 
 log = logging.getLogger("orchestrator")
 
@@ -62,6 +63,115 @@ class TuneResult:
     table: str  # results.md
     best: RunResult | None
     summary: SearchSummary = field(repr=False)
+
+
+def tune(
+    spec: ExperimentSpec | str | Path | dict,
+    overrides: list[str] | None = None,
+    fresh: bool = False,
+) -> TuneResult:
+    """Search the spec's ``tune.space``; export the best trial exactly as ``run`` would.
+
+    Calling it again for the same spec continues an interrupted search (finished trials are
+    kept, unfinished ones resume from their checkpoints); ``fresh`` deletes it first.
+    """
+    base = load_spec(spec, overrides)
+    if base.tune is None:
+        raise SpecError(["tune: the spec has no tune section (metric, space, ...)"], base.name)
+    preflight(base)
+    candidates = check_space(base)
+    location = tune_location(base)
+    with RunLease(location, what="search"):
+        return _tune_holding(base, candidates, location, fresh)
+
+
+def _tune_holding(
+    base: ExperimentSpec, candidates: list[ExperimentSpec], location: Location, fresh: bool
+) -> TuneResult:
+    """:func:`tune`, once this driver holds the search folder's lease."""
+    trials = recorded_trial_runs(base, location) if fresh else []  # before the folder goes
+    ready = start(base, location, fresh, also_fresh=trials, what="search and its trial runs")
+    t0 = time.time()
+    grid = _tuner(base, location, ready.model_path, ready.data, candidates).fit()
+    search_s = time.time() - t0
+    baseline = evaluate_baseline(base, ready.model_path)  # after the search: trials start sooner
+
+    rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
+    table = write_report(location, base, rows, baseline.metrics)
+    ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
+    out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
+    if ended < expected and not out_of_time:
+        raise SearchInterrupted(
+            f"search {tune_id(base)} stopped with {ended} of {expected} trials ended; run "
+            "`orchestrator tune` on the same spec again to continue it (results so far: "
+            f"{location.join(RESULTS_MD).uri})"
+        )
+    best_row = next((r for r in rows if r.finished), None)
+    best = _publish(base, best_row, ready, baseline) if best_row else None
+    summary = SearchSummary(
+        tune_id=tune_id(base),
+        name=base.name,
+        metric=base.tune.metric,
+        mode=base.tune.mode,
+        baseline=baseline.metrics,
+        trials=[row.as_dict() for row in rows],
+        best=best_row.as_dict() if best_row else None,
+        best_run_uri=best.run_uri if best else None,
+        best_model_uri=best.model_uri if best else None,
+        verdict=best.summary.verdict if best else None,
+        timings_s={
+            "data": round(ready.data.seconds, 2),
+            "search": round(search_s, 2),
+            "total": round(time.time() - ready.started, 2),
+        },
+    )
+    write_summary(location, summary)
+    return TuneResult(location.uri, rows, table, best, summary)
+
+
+def _publish(
+    base: ExperimentSpec, row: TrialRow, ready: Started, baseline: Evaluation
+) -> RunResult:
+    """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""
+    spec = trial_spec(base, row.params)
+    location = run_location(spec)
+    summary = read_run_summary(location)
+    if summary is None:
+        folder, meta = latest_checkpoint(location)
+        summary = finish(
+            spec,
+            ready,
+            checkpoint_at(folder),
+            StepReport.from_metrics(meta["metrics"]),
+            resumed_from_step=0,
+            train_s=row.time_s or 0.0,
+            baseline=baseline,
+        )
+        write_outputs(location, summary)
+    return RunResult.of(location, summary)
+
+
+def recorded_trial_runs(base: ExperimentSpec, location: Location) -> list[Location]:
+    """The run folders of the trials an earlier search recorded (Tune's ``params.json``).
+
+    Trials train in ordinary run folders (an identical run or trial is reused), so starting a
+    search over has to delete those too, or its trials would resume from them.
+    """
+    runs = []
+    for key in list_keys(location):
+        if not key.endswith(f"/{TRIAL_PARAMS_FILE}"):
+            continue
+        try:
+            params = base.tune.trial_params(json.loads(read_text(location.join(key))))
+            runs.append(run_location(trial_spec(base, params)))
+        except (ValueError, KeyError, TypeError):  # torn, foreign or no longer valid: skip
+            log.warning("--fresh: could not read the trial of %s", location.join(key).uri)
+    return list({run.uri: run for run in runs}.values())
+
+
+def expected_trials(spec: TuneSpec) -> int:
+    """How many trials the search makes: num_samples, times every grid's length."""
+    return spec.num_samples * math.prod(len(d.grid) for d in spec.space.values() if d.grid)
 
 
 # --------------------------------------------------------------------------- one trial
@@ -116,96 +226,7 @@ def _run_trial(
     build_trainer(spec, model_path, steps, data, None, callbacks).fit()
 
 
-# --------------------------------------------------------------------------- the search
-
-
-def expected_trials(spec: TuneSpec) -> int:
-    """How many trials the search makes: num_samples, times every grid's length."""
-    return spec.num_samples * math.prod(len(d.grid) for d in spec.space.values() if d.grid)
-
-
-def _tune_domain(domain: SearchDomain):
-    values = domain.candidates()
-    if domain.kind in ("choice", "grid"):
-        return ray_tune.choice(values) if domain.kind == "choice" else ray_tune.grid_search(values)
-    if domain.kind == "randint":
-        return ray_tune.randint(values[0], values[1] + 1)  # Tune's high is exclusive
-    return getattr(ray_tune, domain.kind)(*values)  # uniform, loguniform
-
-
-def _optuna_space(space: dict[str, SearchDomain], trial) -> None:
-    """Define-by-run space for Optuna: a conditional parameter is suggested only when it applies."""
-    chosen: dict[str, Any] = {}
-    for path, domain in space.items():
-        if not domain.applies(chosen):
-            continue
-        values = domain.candidates()
-        if domain.kind == "choice":
-            chosen[path] = trial.suggest_categorical(path, values)
-        elif domain.kind == "randint":
-            chosen[path] = trial.suggest_int(path, *values)
-        else:
-            chosen[path] = trial.suggest_float(path, *values, log=domain.kind == "loguniform")
-
-
-def _search_setup(base: ExperimentSpec, concurrency: int) -> tuple[dict[str, Any] | None, Any]:
-    """(param_space, search_alg) for Tune.
-
-    Each trial's workers are not Tune's resources (Tune only sees the trial function), so
-    the searcher itself must hold back trials beyond what the cluster fits, or their worker
-    groups wait for CPUs until Ray Train times them out.
-    """
-    spec = base.tune
-    seed = spec.sampler_seed(base.train.seed)
-    if spec.search == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        searcher = OptunaSearch(
-            space=partial(_optuna_space, spec.space),
-            metric=spec.metric_key,
-            mode=spec.mode,
-            seed=seed,
-        )
-        return None, ConcurrencyLimiter(searcher, max_concurrent=concurrency)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    space = {path: _tune_domain(domain) for path, domain in spec.space.items()}
-    return space, BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
-
-
-def _scheduler(base: ExperimentSpec, max_steps: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    spec = base.tune
-    if spec.scheduler == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="step",
-        max_t=max_steps,
-        grace_period=min(spec.grace_period or base.train.eval_every, max_steps),
-        reduction_factor=spec.reduction_factor,
-        # A trial that reaches its last step ends by itself (its final checkpoint and export
-        # intact) rather than being stopped by Tune while it reports.
-        stop_last_trials=False,
-    )
-
-
-def _concurrency(base: ExperimentSpec, candidates: list[ExperimentSpec]) -> int:
-    """tune.max_concurrent_trials, or as many of the largest trial as the cluster holds now."""
-    if base.tune.max_concurrent_trials:
-        return base.tune.max_concurrent_trials
-    cluster = ray.cluster_resources()
-    cpus = max(s.scaling.num_workers * s.scaling.cpus_per_worker for s in candidates)
-    gpus = max(s.scaling.num_workers * s.scaling.gpus_per_worker for s in candidates)
-    fits = int(cluster.get("CPU", 1) // cpus)
-    if gpus:
-        fits = min(fits, int(cluster.get("GPU", 0) // gpus))
-    return max(1, fits)
-
-
-def _trial_dirname(trial) -> str:
-    return f"trial-{trial.trial_id}"
+# --------------------------------------------------------------------------- Tune's configuration
 
 
 def _tuner(
@@ -259,103 +280,85 @@ def _tuner(
     )
 
 
-def tune(
-    spec: ExperimentSpec | str | Path | dict,
-    overrides: list[str] | None = None,
-    fresh: bool = False,
-) -> TuneResult:
-    """Search the spec's ``tune.space``; export the best trial exactly as ``run`` would.
+def _search_setup(base: ExperimentSpec, concurrency: int) -> tuple[dict[str, Any] | None, Any]:
+    """(param_space, search_alg) for Tune.
 
-    Calling it again for the same spec continues an interrupted search (finished trials are
-    kept, unfinished ones resume from their checkpoints); ``fresh`` deletes it first.
+    Each trial's workers are not Tune's resources (Tune only sees the trial function), so
+    the searcher itself must hold back trials beyond what the cluster fits, or their worker
+    groups wait for CPUs until Ray Train times them out.
     """
-    base = load_spec(spec, overrides)
-    if base.tune is None:
-        raise SpecError(["tune: the spec has no tune section (metric, space, ...)"], base.name)
-    preflight(base)
-    candidates = check_space(base)
-    location = tune_location(base)
-    with RunLease(location, what="search"):
-        return _tune_holding(base, candidates, location, fresh)
+    spec = base.tune
+    seed = spec.sampler_seed(base.train.seed)
+    if spec.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(
+            space=partial(_optuna_space, spec.space),
+            metric=spec.metric_key,
+            mode=spec.mode,
+            seed=seed,
+        )
+        return None, ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    space = {path: _tune_domain(domain) for path, domain in spec.space.items()}
+    return space, BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
 
 
-def recorded_trial_runs(base: ExperimentSpec, location: Location) -> list[Location]:
-    """The run folders of the trials an earlier search recorded (Tune's ``params.json``).
+def _tune_domain(domain: SearchDomain):
+    values = domain.candidates()
+    if domain.kind in ("choice", "grid"):
+        return ray_tune.choice(values) if domain.kind == "choice" else ray_tune.grid_search(values)
+    if domain.kind == "randint":
+        return ray_tune.randint(values[0], values[1] + 1)  # Tune's high is exclusive
+    return getattr(ray_tune, domain.kind)(*values)  # uniform, loguniform
 
-    Trials train in ordinary run folders (an identical run or trial is reused), so starting a
-    search over has to delete those too, or its trials would resume from them.
-    """
-    runs = []
-    for key in list_keys(location):
-        if not key.endswith(f"/{TRIAL_PARAMS_FILE}"):
+
+def _optuna_space(space: dict[str, SearchDomain], trial) -> None:
+    """Define-by-run space for Optuna: a conditional parameter is suggested only when it applies."""
+    chosen: dict[str, Any] = {}
+    for path, domain in space.items():
+        if not domain.applies(chosen):
             continue
-        try:
-            params = base.tune.trial_params(json.loads(read_text(location.join(key))))
-            runs.append(run_location(trial_spec(base, params)))
-        except (ValueError, KeyError, TypeError):  # torn, foreign or no longer valid: skip
-            log.warning("--fresh: could not read the trial of %s", location.join(key).uri)
-    return list({run.uri: run for run in runs}.values())
+        values = domain.candidates()
+        if domain.kind == "choice":
+            chosen[path] = trial.suggest_categorical(path, values)
+        elif domain.kind == "randint":
+            chosen[path] = trial.suggest_int(path, *values)
+        else:
+            chosen[path] = trial.suggest_float(path, *values, log=domain.kind == "loguniform")
 
 
-def _tune_holding(
-    base: ExperimentSpec, candidates: list[ExperimentSpec], location: Location, fresh: bool
-) -> TuneResult:
-    """:func:`tune`, once this driver holds the search folder's lease."""
-    trials = recorded_trial_runs(base, location) if fresh else []  # before the folder goes
-    ready = start(base, location, fresh, also_fresh=trials, what="search and its trial runs")
-    t0 = time.time()
-    grid = _tuner(base, location, ready.model_path, ready.data, candidates).fit()
-    search_s = time.time() - t0
-    baseline = evaluate_baseline(base, ready.model_path)  # after the search: trials start sooner
+def _scheduler(base: ExperimentSpec, max_steps: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
-    table = write_report(location, base, rows, baseline.metrics)
-    ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
-    out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
-    if ended < expected and not out_of_time:
-        raise SearchInterrupted(
-            f"search {tune_id(base)} stopped with {ended} of {expected} trials ended; run "
-            "`orchestrator tune` on the same spec again to continue it (results so far: "
-            f"{location.join(RESULTS_MD).uri})"
-        )
-    best_row = next((r for r in rows if r.finished), None)
-    best = _publish(base, best_row, ready, baseline) if best_row else None
-    summary = SearchSummary(
-        tune_id=tune_id(base),
-        name=base.name,
-        metric=base.tune.metric,
-        mode=base.tune.mode,
-        baseline=baseline.metrics,
-        trials=[row.as_dict() for row in rows],
-        best=best_row.as_dict() if best_row else None,
-        best_run_uri=best.run_uri if best else None,
-        best_model_uri=best.model_uri if best else None,
-        verdict=best.summary.verdict if best else None,
-        timings_s={
-            "data": round(ready.data.seconds, 2),
-            "search": round(search_s, 2),
-            "total": round(time.time() - ready.started, 2),
-        },
+    spec = base.tune
+    if spec.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=max_steps,
+        grace_period=min(spec.grace_period or base.train.eval_every, max_steps),
+        reduction_factor=spec.reduction_factor,
+        # A trial that reaches its last step ends by itself (its final checkpoint and export
+        # intact) rather than being stopped by Tune while it reports.
+        stop_last_trials=False,
     )
-    write_summary(location, summary)
-    return TuneResult(location.uri, rows, table, best, summary)
 
 
-def _publish(base: ExperimentSpec, row: TrialRow, ready: Started, baseline) -> RunResult:
-    """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""
-    spec = trial_spec(base, row.params)
-    location = run_location(spec)
-    summary = read_run_summary(location)
-    if summary is None:
-        folder, meta = latest_checkpoint(location)
-        summary = finish(
-            spec,
-            ready,
-            checkpoint_at(folder),
-            StepReport.from_metrics(meta["metrics"]),
-            resumed_from_step=0,
-            train_s=row.time_s or 0.0,
-            baseline=baseline,
-        )
-        write_outputs(location, summary)
-    return RunResult.of(location, summary)
+def _concurrency(base: ExperimentSpec, candidates: list[ExperimentSpec]) -> int:
+    """tune.max_concurrent_trials, or as many of the largest trial as the cluster holds now."""
+    if base.tune.max_concurrent_trials:
+        return base.tune.max_concurrent_trials
+    cluster = ray.cluster_resources()
+    cpus = max(s.scaling.num_workers * s.scaling.cpus_per_worker for s in candidates)
+    gpus = max(s.scaling.num_workers * s.scaling.gpus_per_worker for s in candidates)
+    fits = int(cluster.get("CPU", 1) // cpus)
+    if gpus:
+        fits = min(fits, int(cluster.get("GPU", 0) // gpus))
+    return max(1, fits)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial-{trial.trial_id}"
