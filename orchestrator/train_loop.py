@@ -20,7 +20,6 @@ import signal
 import tempfile
 import time
 import warnings
-from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from orchestrator.modeling import (
     load_trainable_state,
     trainable_state,
 )
+from orchestrator.ray_compat import checkpoint_destination, quiet_train_report_lines
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import Location, folder_problem, publish
 
@@ -240,18 +240,6 @@ def resume_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, 
     return None, {}
 
 
-def _quiet_report_lines() -> None:
-    """Drop Ray Train's INFO line per report: each report's whole metrics dict, every rank.
-
-    The run monitor shows each report in a line or a progress bar instead. Ray logs those
-    lines under a logger named by its source file, so ``LoggingConfig`` does not reach them.
-    """
-    with suppress(ImportError):
-        from ray.train.v2._internal.execution import context
-
-        logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
 def schedule_of(spec: ExperimentSpec, total_steps: int) -> dict[str, Any]:
     """The learning-rate settings a checkpoint records, to tell a changed schedule on resume."""
     train = spec.train
@@ -321,7 +309,7 @@ def load_guide(spec: ExperimentSpec, base_path: str, device: torch.device):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    _quiet_report_lines()
+    quiet_train_report_lines()
     spec = ExperimentSpec.model_validate(config["spec"])
     total_steps: int = config["total_steps"]
     context = ray.train.get_context()
@@ -469,11 +457,10 @@ def _upload_verified(
     the path Ray Train registers (a relative ``storage.uri`` would resolve against the worker's
     own working directory, not the driver's); ``storage`` only says how to reach it.
     """
-    context = ray.train.get_context().get_storage()
-    path = context.build_checkpoint_path_from_name(name)
+    path, filesystem = checkpoint_destination(name)
     target = Location(f"s3://{path}" if storage.is_remote else path, *storage.connection)
     publish(Path(checkpoint.path), target)
-    return ray.train.Checkpoint(path=path, filesystem=context.storage_filesystem)
+    return ray.train.Checkpoint(path=path, filesystem=filesystem)
 
 
 def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
