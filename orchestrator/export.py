@@ -16,8 +16,8 @@ def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir:
 
     ``checkpoint`` is a ``ray.train.Checkpoint`` (local or in object storage) or a local folder.
     """
+    from orchestrator.checkpoints import load_state
     from orchestrator.modeling import attach_lora, load_encoder, load_trainable_state, merge_lora
-    from orchestrator.train_loop import load_state
 
     model = load_encoder(base_path, spec.model, "cpu")
     if spec.lora:

@@ -10,18 +10,15 @@ Every ``checkpoint_every`` steps rank 0 saves what a resume needs, and all ranks
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
-import pickle
 import resource
 import signal
 import tempfile
 import time
 import warnings
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,13 +28,12 @@ import torch
 from transformers import get_scheduler
 
 from orchestrator.assets import resolve_model
-from orchestrator.checkpoints import META_FILE, STATE_FILE, older_checkpoints
+from orchestrator.checkpoints import CheckpointMeta, resume_state, save_state, upload_verified
 from orchestrator.data.buckets import token_counts
 from orchestrator.data.compile import read_manifest
 from orchestrator.data.feed import FeedSettings, RankFeed, fragments_of
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
 from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
-from orchestrator.errors import DamagedCheckpointError
 from orchestrator.estimate import negatives_per_query
 from orchestrator.losses import build_loss
 from orchestrator.modeling import (
@@ -48,9 +44,10 @@ from orchestrator.modeling import (
     load_trainable_state,
     trainable_state,
 )
-from orchestrator.ray_compat import checkpoint_destination, quiet_train_report_lines
+from orchestrator.ray_compat import quiet_train_report_lines
 from orchestrator.spec import ExperimentSpec
-from orchestrator.storage import Location, folder_problem, publish
+from orchestrator.step_report import StepReport
+from orchestrator.storage import Location
 
 log = logging.getLogger("orchestrator")
 
@@ -190,56 +187,6 @@ def _gather(value: Any, world: int) -> list[Any]:
     return out
 
 
-def load_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
-    """(state.pt contents, meta.json) of a checkpoint, local or in object storage.
-
-    Its files are checked against its manifest first (a truncated or changed file is found
-    here, not as a strange tensor later), and state.pt is read as tensors and plain
-    containers only: a checkpoint read from storage runs no code.
-    """
-    if checkpoint is None:
-        return None, {}
-    with checkpoint.as_directory() as directory:
-        folder = Path(directory)
-        if problem := folder_problem(folder):
-            raise DamagedCheckpointError(f"checkpoint {checkpoint.path}: {problem}")
-        try:
-            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # torch's text names what was refused
-            refused = next((x for x in str(exc).splitlines() if "Unsupported" in x), str(exc))
-            raise DamagedCheckpointError(
-                f"checkpoint {checkpoint.path}: {STATE_FILE} holds more than tensors and plain"
-                f" containers (weights-only load refused it: {refused.strip()})"
-            ) from None
-        meta = json.loads((folder / META_FILE).read_text())
-    return state, meta
-
-
-def resume_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
-    """The state a (re)started run continues from: ``checkpoint``, or the newest good one.
-
-    A damaged checkpoint (see :func:`load_state`) is passed over for the newest one before it
-    in the same run folder that verifies, and if none does, training starts over at step 0:
-    either way the run goes on with exact data positions instead of failing on the same file
-    at every restart.
-    """
-    if checkpoint is None:
-        return None, {}
-    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
-        try:
-            state, meta = load_state(candidate)
-        except DamagedCheckpointError as exc:
-            log.warning("%s: passing it over", exc)
-            continue
-        if candidate is not checkpoint:
-            log.warning(
-                "resuming from the earlier checkpoint %s (step %d)", candidate.path, meta["step"]
-            )
-        return state, meta
-    log.warning("no checkpoint of this run verifies: training starts over at step 0")
-    return None, {}
-
-
 def schedule_of(spec: ExperimentSpec, total_steps: int) -> dict[str, Any]:
     """The learning-rate settings a checkpoint records, to tell a changed schedule on resume."""
     train = spec.train
@@ -268,7 +215,7 @@ def restore_schedule(optimizer, scheduler, state, meta, spec, total_steps: int, 
     optimizer moments and data positions are kept, and the spec's schedule applies from the
     checkpoint's step on, as if it had been the schedule from step 0.
     """
-    before, now = meta.get("schedule"), schedule_of(spec, total_steps)
+    before, now = meta.schedule, schedule_of(spec, total_steps)
     if before is None or before == now:
         scheduler.load_state_dict(state["scheduler"])
         return scheduler
@@ -278,13 +225,13 @@ def restore_schedule(optimizer, scheduler, state, meta, spec, total_steps: int, 
     fresh = build_scheduler(optimizer, spec, total_steps)
     with warnings.catch_warnings():  # a fast-forward: no optimizer step is skipped
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        for _ in range(meta["step"]):
+        for _ in range(meta.step):
             fresh.step()
     if rank == 0:
         log.warning(
             "resuming at step %d with a changed schedule (%s): keeping the weights, optimizer "
             "moments and data positions; the spec's schedule applies from here (lr now %.3g)",
-            meta["step"],
+            meta.step,
             changed,
             fresh.get_last_lr()[0],
         )
@@ -340,16 +287,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if state is not None:
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step = meta["step"]
+        step = meta.step
         scheduler = restore_schedule(optimizer, scheduler, state, meta, spec, total_steps, rank)
         # One RNG state per rank: dropout draws differ with each rank's batch shapes.
         torch.set_rng_state(state["rng"][rank])
     resumed_from_step = step
-    restores = meta.get("restores", 0) + (restored is not None)
-    digest = (meta.get("stream_digests") or [""] * world)[rank]
+    restores = meta.restores + (restored is not None)
+    digest = (meta.stream_digests or [""] * world)[rank]
 
     local_batch = spec.per_worker_batch_size
-    positions = positions_from(meta.get("positions"), list(spec.data.sources))
+    positions = positions_from(meta.positions, list(spec.data.sources))
     feeds = source_feeds(spec, config["compiled"], rank, world)
     streams = {name: SourceStream(name, feeds[name].batches, positions[name]) for name in feeds}
     mixed = MixedStream(
@@ -358,8 +305,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pad_id = model.tokenizer.pad_token_id or 0
     trainable, total = count_parameters(model)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    source_steps = dict(meta.get("source_steps", {}))
-    pairs_seen = meta.get("pairs_seen", 0)
+    source_steps = dict(meta.source_steps)
+    pairs_seen = meta.pairs_seen
     running_loss = torch.zeros((), device=device)
     window_steps, window_tokens, window_padded = 0, 0, 0
     window_masked: int | None = None
@@ -445,24 +392,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window_start, data_wait = time.perf_counter(), 0.0
 
 
-def _upload_verified(
-    storage: Location, checkpoint: ray.train.Checkpoint, name: str
-) -> ray.train.Checkpoint:
-    """Upload a checkpoint file by file, verify each, write its manifest last; then register.
-
-    Replaces Ray Train's default copy, whose pyarrow streams can drop a failed part upload
-    with only an "Error ignored" log line, registering a checkpoint without its state. Here a
-    failure raises out of ``ray.train.report`` (after boto3's standard retries), so the
-    checkpoint is never registered and a restart resumes from the previous one. The target is
-    the path Ray Train registers (a relative ``storage.uri`` would resolve against the worker's
-    own working directory, not the driver's); ``storage`` only says how to reach it.
-    """
-    path, filesystem = checkpoint_destination(name)
-    target = Location(f"s3://{path}" if storage.is_remote else path, *storage.connection)
-    publish(Path(checkpoint.path), target)
-    return ray.train.Checkpoint(path=path, filesystem=filesystem)
-
-
 def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
     """``testing.kill_worker_at_step``: SIGKILL this worker once, to rehearse recovery."""
     chaos = spec.testing
@@ -477,30 +406,27 @@ def _report(
     if rng_states is None:
         ray.train.report(metrics)
         return
+    state = {
+        "model": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+    }
+    meta = CheckpointMeta(
+        step=metrics["step"],
+        schedule=schedule,
+        pairs_seen=metrics["pairs_seen"],
+        negatives_per_query=metrics["negatives_per_query"],
+        positions=mixed.positions(),
+        source_steps=metrics["source_steps"],
+        restores=metrics["restores"],
+        stream_digests=metrics["stream_digests"],
+        metrics=StepReport.from_metrics(metrics),  # what was reported with it, evaluations too
+    )
     with tempfile.TemporaryDirectory() as directory:
-        torch.save(
-            {
-                "model": trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_states,
-            },
-            os.path.join(directory, STATE_FILE),
-        )
-        meta = {
-            "step": metrics["step"],
-            "schedule": schedule,
-            "pairs_seen": metrics["pairs_seen"],
-            "negatives_per_query": metrics["negatives_per_query"],
-            "positions": mixed.positions(),
-            "source_steps": metrics["source_steps"],
-            "restores": metrics["restores"],
-            "stream_digests": metrics["stream_digests"],
-            "metrics": metrics,  # what was reported with it, evaluations included
-        }
-        Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
+        save_state(directory, state, meta)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_upload_fn=partial(_upload_verified, storage),
+            checkpoint_upload_fn=partial(upload_verified, storage),
         )

@@ -126,9 +126,9 @@ def _run_trial(
     location = run_location(spec)
     write_text(location.join("spec.yaml"), spec.published_yaml())
     latest = latest_checkpoint(location)
-    if latest and latest[1]["step"] >= steps and metric in latest[1].get("metrics", {}):
+    if latest and latest[1].step >= steps and metric in latest[1].reported:
         # An identical trial or run finished before: its final evaluation is the result.
-        ray_tune.report({**latest[1]["metrics"], "reused_run": True})
+        ray_tune.report({**latest[1].reported, "reused_run": True})
         return
     callbacks = [_EvaluationReports(metric)]
     build_trainer(spec, model_path, steps, data, None, callbacks).fit()
@@ -394,7 +394,7 @@ def _publish(
             spec,
             model_path,
             checkpoint_at(folder),
-            meta["metrics"],
+            meta.reported,
             data.reports,
             baseline,
             resumed_from_step=0,
