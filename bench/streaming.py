@@ -132,9 +132,9 @@ def run_case(rows: int, object_store_mib: int, work: Path) -> dict[str, Any]:
     import ray
 
     from orchestrator.assets import resolve_model
+    from orchestrator.data.rank import source_feeds
     from orchestrator.monitor import read_history
     from orchestrator.runner import build_trainer, ensure_ray, prepare_data, run_location
-    from orchestrator.train_loop import source_feeds
 
     spec = bench_spec(rows, work)
     shutil.rmtree(spec.storage.uri, ignore_errors=True)  # compile and train from scratch

@@ -191,19 +191,19 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
     from orchestrator.assets import resolve_model
     from orchestrator.data.buckets import token_counts
+    from orchestrator.data.rank import chain_digest, source_feeds, to_device
     from orchestrator.data.tokenize import collate
     from orchestrator.losses import build_loss
-    from orchestrator.modeling import attach_lora, count_parameters, load_encoder
-    from orchestrator.runner import ensure_ray, prepare_data
-    from orchestrator.train_loop import (
+    from orchestrator.modeling import (
         PairEncoder,
+        attach_lora,
         autocast_dtype,
-        build_optimizer,
-        chain_digest,
-        peak_memory_mib,
-        source_feeds,
-        to_device,
+        count_parameters,
+        load_encoder,
     )
+    from orchestrator.optimizer import build_optimizer
+    from orchestrator.runner import ensure_ray, prepare_data
+    from orchestrator.train_loop import peak_memory_mib
 
     spec = bench_spec(args, *overrides)
     path = resolve_model(spec.model.base)

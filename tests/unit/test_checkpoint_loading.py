@@ -140,7 +140,7 @@ def test_a_planted_object_is_refused_and_never_runs(tmp_path, monkeypatch):
 
 
 def _trained(spec, steps_done: int, total: int):
-    from orchestrator.train_loop import build_scheduler
+    from orchestrator.optimizer import build_scheduler
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
@@ -153,8 +153,8 @@ def _trained(spec, steps_done: int, total: int):
 
 @pytest.mark.parametrize("new_lr", [1e-3, 1e-4], ids=["same", "changed"])
 def test_resuming_keeps_or_reapplies_the_schedule_and_says_which(tiny_spec, new_lr, caplog):
+    from orchestrator.optimizer import build_scheduler, restore_schedule, schedule_of
     from orchestrator.spec import load_spec
-    from orchestrator.train_loop import build_scheduler, restore_schedule, schedule_of
 
     old = load_spec({**tiny_spec, "train": {**tiny_spec["train"], "lr": 1e-3, "warmup_ratio": 0}})
     _, optimizer, scheduler = _trained(old, 4, 10)
