@@ -111,13 +111,13 @@ class ObjectStoreSampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+        from orchestrator.ray_compat import object_store_reader
 
-        state = get_state_from_address()
+        read = object_store_reader()
         while not self._stop.wait(0.2):
-            stats = get_memory_info_reply(state).store_stats
-            self.peak = max(self.peak, stats.object_store_bytes_used)
-            self.spilled = max(self.spilled, stats.spilled_bytes_total)
+            used, spilled = read()
+            self.peak = max(self.peak, used)
+            self.spilled = max(self.spilled, spilled)
 
     def __enter__(self) -> ObjectStoreSampler:
         self._thread.start()
@@ -132,9 +132,12 @@ def run_case(rows: int, object_store_mib: int, work: Path) -> dict[str, Any]:
     import ray
 
     from orchestrator.assets import resolve_model
+    from orchestrator.data.rank import source_feeds
+    from orchestrator.layout import run_location
     from orchestrator.monitor import read_history
-    from orchestrator.runner import build_trainer, ensure_ray, prepare_data, run_location
-    from orchestrator.train_loop import source_feeds
+    from orchestrator.ray_init import ensure_ray
+    from orchestrator.runner import prepare_data
+    from orchestrator.trainer import build_trainer
 
     spec = bench_spec(rows, work)
     shutil.rmtree(spec.storage.uri, ignore_errors=True)  # compile and train from scratch

@@ -6,9 +6,10 @@ settings and CPU threads, each in its own process (so peak memory is its own):
 * ``plain``: sentence-transformers' ``SentenceTransformerTrainer`` (tokenizes in its collator);
 * ``ours``: ``orchestrator.run`` (Ray Data tokenization, Ray Train worker, DDP, checkpoints),
   also with length bucketing (``data.bucket_window``) and with 2 workers x 1 CPU;
-* ``bare``: the orchestrator's own step (collate, encoder, loss, AdamW) in a plain loop over
-  the very batches ``ours`` trains on (drawn by the same Ray Data pipeline beforehand, checked
-  by their digest), pre-collated: the floor that Ray's per-step overhead is measured against.
+* ``bare``: the recipe's own setup and step (``orchestrator.train_loop.build_learner`` and
+  ``train_step``: encoder, loss, AdamW, schedule) in a plain loop over the very batches
+  ``ours`` trains on (read from the same compiled fragments beforehand, checked by their
+  digest), pre-collated: the floor that Ray's per-step overhead is measured against.
 
 and prints pairs/s, non-padding tokens/s, padding, data wait, peak memory, the ratio
 ours/plain (medians over ``--repeats`` runs of the mean of ``--steps`` measured steps after
@@ -94,8 +95,9 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import psutil
 
     from orchestrator import run
+    from orchestrator.layout import run_location
     from orchestrator.monitor import read_history
-    from orchestrator.runner import ensure_ray, run_location
+    from orchestrator.ray_init import ensure_ray
 
     spec = bench_spec(args, *overrides)
     ensure_ray()
@@ -104,7 +106,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     history = read_history(run_location(spec))
     window = math.gcd(args.warmup, args.steps)  # steps per report
     measured = [r for r in history if r["step"] > args.warmup]
-    data_s = result.summary["timings_s"]["data"]
+    data_s = result.summary.timings_s["data"]
     first_step_start = history[0]["time"] - window * history[0]["step_time_s"]
     return {
         "step_s": statistics.mean(r["step_time_s"] for r in measured),
@@ -116,8 +118,8 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         "ray_init_to_first_step_s": first_step_start - ready,
         "data_s": data_s,
         "trainer_start_s": first_step_start - ready - data_s,
-        "stream_digest": result.summary["stream_digests"][0],
-        "params": result.summary["total_params"],
+        "stream_digest": result.summary.stream_digests[0],
+        "params": result.summary.total_params,
     }
 
 
@@ -191,19 +193,12 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
     from orchestrator.assets import resolve_model
     from orchestrator.data.buckets import token_counts
+    from orchestrator.data.rank import chain_digest, source_feeds, to_device
     from orchestrator.data.tokenize import collate
-    from orchestrator.losses import build_loss
-    from orchestrator.modeling import attach_lora, count_parameters, load_encoder
-    from orchestrator.runner import ensure_ray, prepare_data
-    from orchestrator.train_loop import (
-        PairEncoder,
-        autocast_dtype,
-        build_optimizer,
-        chain_digest,
-        peak_memory_mib,
-        source_feeds,
-        to_device,
-    )
+    from orchestrator.modeling import count_parameters
+    from orchestrator.ray_init import ensure_ray
+    from orchestrator.runner import prepare_data
+    from orchestrator.train_loop import build_learner, peak_memory_mib, train_step
 
     spec = bench_spec(args, *overrides)
     path = resolve_model(spec.model.base)
@@ -223,23 +218,14 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     torch.manual_seed(spec.train.seed)
     torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
     device = _device(spec)
-    model = load_encoder(path, spec.model, device)
-    if spec.lora:
-        attach_lora(model, spec.lora)
-    model.train()
-    pad_id = model.tokenizer.pad_token_id or 0
+    learner = build_learner(spec, path, device, world=1, total_steps=total)  # no DDP
+    learner.encoder.train()
+    pad_id = learner.model.tokenizer.pad_token_id or 0
     batches = [to_device(collate(batch_rows, pad_id), device) for batch_rows in rows]
-    encoder = PairEncoder(model, autocast_dtype(spec.train.precision), spec.train.embed_group_rows)
-    loss_fn = build_loss(spec.loss, model)
-    optimizer = build_optimizer(model, spec)
     times = []
     for batch in batches:
         start = time.perf_counter()
-        loss = loss_fn.step(encoder, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(learner, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the step's kernels, not only their launches
         times.append(time.perf_counter() - start)
@@ -252,7 +238,7 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         "padding_fraction": 1 - real / padded,
         "peak_memory_mib": peak_memory_mib(device),
         "stream_digest": digest,
-        "params": count_parameters(model)[1],
+        "params": count_parameters(learner.model)[1],
     }
 
 
@@ -293,7 +279,7 @@ REPEATED = (
 
 
 def in_subprocess(case: str, args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator.runner import WORKER_ENV
+    from orchestrator.trainer import WORKER_ENV
 
     command = [sys.executable, __file__, "--case", case, *sys.argv[1:]]
     env = {**os.environ, **WORKER_ENV}  # the bare loop's allocator as a training worker's

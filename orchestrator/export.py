@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 def export_model(spec: ExperimentSpec, base_path: str, checkpoint: Any, out_dir: str) -> str:
     """Rebuild the model from the base and a checkpoint, merge LoRA, save a loadable folder.
 
-    ``checkpoint`` is a ``ray.train.Checkpoint`` (local or in object storage) or a local folder.
+    ``checkpoint`` is a ``ray.train.Checkpoint``, local or in object storage.
     """
+    from orchestrator.checkpoints import load_state
     from orchestrator.modeling import attach_lora, load_encoder, load_trainable_state, merge_lora
-    from orchestrator.train_loop import load_state
 
     model = load_encoder(base_path, spec.model, "cpu")
     if spec.lora:

@@ -1,4 +1,5 @@
-"""Build the encoder: a SentenceTransformer from a local folder, pooling, prompts, LoRA.
+"""Build the encoder: a SentenceTransformer from a local folder, pooling, prompts, LoRA; the
+training forward (:class:`PairEncoder`) and a loss's frozen guide model.
 
 Everything here works on a plain ``SentenceTransformer`` so the exported folder loads with
 ``SentenceTransformer(path)`` and nothing from this package.
@@ -13,7 +14,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 if TYPE_CHECKING:
-    from orchestrator.spec import LoraSpec, ModelSpec
+    from orchestrator.spec import ExperimentSpec, LoraSpec, ModelSpec
 
 QUERY, PASSAGE = "query", "passage"
 
@@ -39,6 +40,23 @@ def load_encoder(model_path: str, spec: ModelSpec, device: str | torch.device = 
     prompts = {QUERY: spec.query_prompt, PASSAGE: spec.passage_prompt}
     model.prompts = {**model.prompts, **{k: v for k, v in prompts.items() if v}}
     return model
+
+
+def load_guide(spec: ExperimentSpec, base_path: str, device: torch.device):
+    """The frozen ``loss.guide`` model (None without one): the base as trained, or a named one."""
+    guide = getattr(spec.loss, "guide", None)
+    if guide is None:
+        return None
+    if guide.model == "base":  # as the run loads it: same pooling, length, prompts
+        model = load_encoder(base_path, spec.model, device)
+    else:  # another model as its authors saved it, reading at least the run's length
+        from orchestrator.assets import resolve_model
+
+        model = SentenceTransformer(
+            resolve_model(guide.model), device=str(device), local_files_only=True
+        )
+        model.max_seq_length = max(model.max_seq_length or 0, spec.model.max_seq_length)
+    return model.eval().requires_grad_(False)
 
 
 #: Config keys that hold the attention-probability dropout, by model family.
@@ -115,6 +133,62 @@ def enable_gradient_checkpointing(model: SentenceTransformer) -> None:
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if is_lora(model):  # frozen embeddings give checkpointed blocks no grad-requiring input
         inner.enable_input_require_grads()
+
+
+class PairEncoder(torch.nn.Module):
+    """Embeds several padded groups in one forward call, so DDP sees one forward per step.
+
+    Autocast (bf16/fp16) is applied here, inside the module, so that a cached loss replaying
+    mini-batches during backward runs them at the same precision; embeddings come out fp32.
+    A single features dict (a cached loss's mini-batch) returns the model's output dict.
+
+    With ``group_rows`` (``train.embed_group_rows``) a padded batch is embedded in
+    length-sorted groups of at most that many rows, each cut to its own longest text: a
+    step's passages then pay for little padding even where its columns' lengths differ (a
+    hard negative is as long as it happens to be, whatever the bucketing sorted by). Masked
+    attention and mean pooling make each row's embedding the same either way.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        autocast_dtype: torch.dtype | None = None,
+        group_rows: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+        self.group_rows = group_rows
+
+    def _embed_padded(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = features["input_ids"].device.type
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(device, dtype=self.autocast_dtype, enabled=enabled):
+            return self.model(features)["sentence_embedding"].float()
+
+    def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = features["input_ids"].shape[0]
+        if self.group_rows is None or rows <= self.group_rows:
+            return self._embed_padded(features)
+        lengths = features["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for group in order.split(self.group_rows):
+            longest = int(lengths[group[-1]])  # right-padded: columns past it are padding
+            parts.append(self._embed_padded({k: v[group, :longest] for k, v in features.items()}))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def forward(
+        self, groups: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]
+    ) -> list[torch.Tensor] | dict[str, torch.Tensor]:
+        if isinstance(groups, dict):
+            return {"sentence_embedding": self._embed(groups)}
+        return [self._embed(features) for features in groups]
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """``train.precision`` → the dtype the forward runs in under autocast (None: fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

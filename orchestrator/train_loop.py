@@ -1,177 +1,404 @@
-"""The training recipe that every Ray Train worker runs, top to bottom.
+"""The training recipe that every Ray Train worker runs, in three parts, top to bottom.
 
-One step: the mixture names a source (identically on every rank) → each rank takes its next
-batch of that source, from its own share of the compiled fragments
-(:mod:`orchestrator.data.feed`) → queries and passages are embedded in one DDP forward → the
-sentence-transformers loss (negatives gathered across ranks) → backward, clip, step.
-Every ``checkpoint_every`` steps rank 0 saves what a resume needs, and all ranks report.
+1. :func:`setup`: the model (LoRA, gradient checkpointing) in its DDP forward, the loss,
+   optimizer and schedule (a :class:`Learner`); the resume state; this rank's feed of each
+   source and the mixture over them (a :class:`Recipe`), and where training stands (a
+   :class:`TrainingState`).
+2. :func:`train_step`: one optimizer step on one batch. The mixture names a source
+   (identically on every rank) → each rank takes its next batch of that source, from its
+   own share of the compiled fragments (:mod:`orchestrator.data.feed`) → queries and
+   passages are embedded in one DDP forward → the sentence-transformers loss (negatives
+   gathered across ranks) → backward, clip, step.
+3. :func:`report`: every ``log_every`` steps (and at each evaluation or checkpoint) all ranks
+   report a :class:`~orchestrator.step_report.StepReport` of the steps since the last one
+   (a :class:`ReportWindow`); every ``checkpoint_every`` steps rank 0 attaches what a resume
+   needs (:mod:`orchestrator.checkpoints`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
 import os
-import pickle
 import resource
 import signal
 import tempfile
 import time
-import warnings
-from contextlib import suppress
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from transformers import get_scheduler
 
-from orchestrator.assets import resolve_model
-from orchestrator.checkpoints import META_FILE, STATE_FILE, older_checkpoints
+from orchestrator.checkpoints import CheckpointMeta, resume_state, save_state, upload_verified
 from orchestrator.data.buckets import token_counts
-from orchestrator.data.compile import read_manifest
-from orchestrator.data.feed import FeedSettings, RankFeed, fragments_of
+from orchestrator.data.feed import RankFeed
 from orchestrator.data.mixture import MixedStream, Mixture, SourceStream, positions_from
-from orchestrator.data.tokenize import IDS_SUFFIX, Batch, collate
-from orchestrator.errors import DamagedCheckpointError
-from orchestrator.losses import build_loss
+from orchestrator.data.rank import chain_digest, source_feeds, to_device
+from orchestrator.data.tokenize import Batch, collate
+from orchestrator.losses import CachedEmbeddingLoss, EmbeddingLoss, build_loss
 from orchestrator.modeling import (
+    PairEncoder,
     attach_lora,
+    autocast_dtype,
     count_parameters,
     enable_gradient_checkpointing,
     load_encoder,
+    load_guide,
     load_trainable_state,
     trainable_state,
 )
+from orchestrator.optimizer import build_optimizer, build_scheduler, restore_schedule, schedule_of
+from orchestrator.ray_compat import quiet_train_report_lines
 from orchestrator.spec import ExperimentSpec
-from orchestrator.storage import Location, folder_problem, publish
-
-log = logging.getLogger("orchestrator")
-
-
-class PairEncoder(torch.nn.Module):
-    """Embeds several padded groups in one forward call, so DDP sees one forward per step.
-
-    Autocast (bf16/fp16) is applied here, inside the module, so that a cached loss replaying
-    mini-batches during backward runs them at the same precision; embeddings come out fp32.
-    A single features dict (a cached loss's mini-batch) returns the model's output dict.
-
-    With ``group_rows`` (``train.embed_group_rows``) a padded batch is embedded in
-    length-sorted groups of at most that many rows, each cut to its own longest text: a
-    step's passages then pay for little padding even where its columns' lengths differ (a
-    hard negative is as long as it happens to be, whatever the bucketing sorted by). Masked
-    attention and mean pooling make each row's embedding the same either way.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        autocast_dtype: torch.dtype | None = None,
-        group_rows: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.autocast_dtype = autocast_dtype
-        self.group_rows = group_rows
-
-    def _embed_padded(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = features["input_ids"].device.type
-        enabled = self.autocast_dtype is not None
-        with torch.autocast(device, dtype=self.autocast_dtype, enabled=enabled):
-            return self.model(features)["sentence_embedding"].float()
-
-    def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = features["input_ids"].shape[0]
-        if self.group_rows is None or rows <= self.group_rows:
-            return self._embed_padded(features)
-        lengths = features["attention_mask"].sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
-        parts = []
-        for group in order.split(self.group_rows):
-            longest = int(lengths[group[-1]])  # right-padded: columns past it are padding
-            parts.append(self._embed_padded({k: v[group, :longest] for k, v in features.items()}))
-        return torch.cat(parts)[torch.argsort(order)]
-
-    def forward(
-        self, groups: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]
-    ) -> list[torch.Tensor] | dict[str, torch.Tensor]:
-        if isinstance(groups, dict):
-            return {"sentence_embedding": self._embed(groups)}
-        return [self._embed(features) for features in groups]
+from orchestrator.step_report import StepReport
+from orchestrator.storage import Location
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """``train.precision`` → the dtype the forward runs in under autocast (None: fp32)."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's function in every worker: setup, then steps, with a report every few."""
+    quiet_train_report_lines()
+    recipe, state = setup(config)
+    train = recipe.spec.train
+    window = ReportWindow.on(recipe.device)
+    recipe.learner.encoder.train()
+    while state.step < recipe.total_steps:
+        _chaos(recipe.spec, state.step, recipe.rank, state.restores)
+        source, batch = next_batch(recipe, state, window)
+        result = train_step(recipe.learner, batch)
+        state.advance(source, recipe.global_batch)
+        window.add(result)
+
+        final = state.step == recipe.total_steps
+        checkpoint = state.step % train.checkpoint_every == 0 or final
+        evaluate = bool(train.eval_every) and (state.step % train.eval_every == 0 or final)
+        if checkpoint or evaluate or state.step % train.log_every == 0:
+            report(recipe, state, window, result, checkpoint=checkpoint, evaluate=evaluate)
+            window.reset()
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    def move(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+# --------------------------------------------------------------------------- 1. setup
 
-    labels = None if batch.labels is None else batch.labels.to(device, non_blocking=True)
-    keys = None if batch.passage_keys is None else batch.passage_keys.to(device)
-    return batch._replace(
-        queries=move(batch.queries), passages=move(batch.passages), labels=labels, passage_keys=keys
+
+@dataclass
+class Learner:
+    """The model and all that one optimizer step touches."""
+
+    model: torch.nn.Module  # the SentenceTransformer, as saved and evaluated
+    encoder: torch.nn.Module  # its training forward: a PairEncoder (under DDP in a run)
+    loss_fn: EmbeddingLoss | CachedEmbeddingLoss  # ``.step(encoder, batch)``, ``.masked``
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler
+    scaler: torch.amp.GradScaler  # fp16 only; a pass-through otherwise
+    max_grad_norm: float | None
+
+
+def build_learner(
+    spec: ExperimentSpec,
+    model_path: str,
+    device: torch.device,
+    world: int,
+    total_steps: int,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda encoder: encoder,
+) -> Learner:
+    """The spec's model, forward, loss, optimizer and schedule; ``wrap`` the forward (DDP)."""
+    model = load_encoder(model_path, spec.model, device)
+    if spec.lora:
+        attach_lora(model, spec.lora)
+    if spec.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    precision = spec.train.precision
+    encoder = wrap(PairEncoder(model, autocast_dtype(precision), spec.train.embed_group_rows))
+    optimizer = build_optimizer(model, spec)
+    scheduler = build_scheduler(optimizer, spec, total_steps)
+    loss_fn = build_loss(spec.loss, model, world, load_guide(spec, model_path, device))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return Learner(model, encoder, loss_fn, optimizer, scheduler, scaler, spec.train.max_grad_norm)
+
+
+@dataclass
+class TrainingState:
+    """Where this rank's training stands: what a checkpoint keeps and a resume restores."""
+
+    step: int = 0
+    pairs_seen: int = 0  # over all ranks
+    source_steps: dict[str, int] = field(default_factory=dict)
+    digest: str = ""  # this rank's running fingerprint of the rows it trained on
+    resumed_from_step: int = 0  # where this attempt started
+    restores: int = 0  # restarts from a checkpoint so far
+
+    @classmethod
+    def resumed(cls, meta: CheckpointMeta, rank: int, world: int, restart: bool) -> TrainingState:
+        """Where the checkpoint's meta left off (``restart``: Ray Train restarted the run)."""
+        return cls(
+            step=meta.step,
+            pairs_seen=meta.pairs_seen,
+            source_steps=dict(meta.source_steps),
+            digest=(meta.stream_digests or [""] * world)[rank],
+            resumed_from_step=meta.step,
+            restores=meta.restores + restart,
+        )
+
+    def advance(self, source: str, pairs: int) -> None:
+        """One step of ``source`` done, ``pairs`` pairs over all ranks."""
+        self.step += 1
+        self.pairs_seen += pairs
+        self.source_steps[source] = self.source_steps.get(source, 0) + 1
+
+
+@dataclass
+class Recipe:
+    """What this worker trains with and on, built once by :func:`setup`."""
+
+    spec: ExperimentSpec
+    total_steps: int
+    rank: int
+    world: int
+    device: torch.device
+    learner: Learner
+    feeds: dict[str, RankFeed]  # this rank's share of each source
+    mixed: MixedStream  # one source per global step, the same on every rank
+    storage: Location
+    pad_id: int
+    trainable_params: int
+    total_params: int
+
+    @property
+    def local_batch(self) -> int:
+        return self.spec.per_worker_batch_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.local_batch * self.world
+
+
+def setup(config: dict[str, Any]) -> tuple[Recipe, TrainingState]:
+    """The recipe of ``config`` (from :func:`orchestrator.runner.build_trainer`) on this
+    worker, resumed from Ray Train's restored checkpoint or ``config["resume_from"]``."""
+    spec = ExperimentSpec.model_validate(config["spec"])
+    total_steps: int = config["total_steps"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(spec.train.seed)
+    if not spec.scaling.use_gpu:  # share the node's cores fairly between co-located workers
+        torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
+
+    ddp = partial(
+        ray.train.torch.prepare_model,
+        parallel_strategy_kwargs={"find_unused_parameters": True},
+    )
+    learner = build_learner(spec, config["model_path"], device, world, total_steps, wrap=ddp)
+    restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
+    saved, meta = resume_state(restored or config.get("resume_from"))
+    if saved is not None:
+        _restore(learner, saved, meta, spec, total_steps, rank)
+    state = TrainingState.resumed(meta, rank, world, restart=restored is not None)
+
+    positions = positions_from(meta.positions, list(spec.data.sources))
+    feeds = source_feeds(spec, config["compiled"], rank, world)
+    streams = {name: SourceStream(name, feeds[name].batches, positions[name]) for name in feeds}
+    mixed = MixedStream(
+        Mixture({n: s.weight for n, s in spec.data.sources.items()}, spec.train.seed), streams
+    )
+    model = learner.model
+    recipe = Recipe(
+        spec,
+        total_steps,
+        rank,
+        world,
+        device,
+        learner,
+        feeds,
+        mixed,
+        Location.of(spec.storage),
+        model.tokenizer.pad_token_id or 0,
+        *count_parameters(model),
+    )
+    return recipe, state
+
+
+def _restore(learner: Learner, saved: dict, meta: CheckpointMeta, spec, total_steps, rank):
+    load_trainable_state(learner.model, saved["model"])
+    learner.optimizer.load_state_dict(saved["optimizer"])
+    learner.scheduler = restore_schedule(
+        learner.optimizer, learner.scheduler, saved, meta, spec, total_steps, rank
+    )
+    # One RNG state per rank: dropout draws differ with each rank's batch shapes.
+    torch.set_rng_state(saved["rng"][rank])
+
+
+# --------------------------------------------------------------------------- 2. step
+
+
+def next_batch(recipe: Recipe, state: TrainingState, window: ReportWindow) -> tuple[str, Batch]:
+    """The mixture's next batch on this rank, on the device; fingerprinted and counted."""
+    fetch_start = time.perf_counter()
+    source, rows = recipe.mixed.next(state.step)
+    state.digest = chain_digest(state.digest, rows)
+    real, padded = token_counts(rows, recipe.spec.train.embed_group_rows)
+    window.tokens += real
+    window.padded += padded
+    batch = to_device(collate(rows, recipe.pad_id), recipe.device)
+    window.data_wait += time.perf_counter() - fetch_start
+    return source, batch
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step gives back."""
+
+    loss: torch.Tensor  # detached, still on the device: read once per report
+    hard_negatives: int  # hard negatives per query in the batch
+    masked: int | None  # in-batch candidates the loss masked as false negatives, if it masks
+
+
+def train_step(learner: Learner, batch: Batch) -> StepResult:
+    """One optimizer step on one batch: loss (forward), backward, clip, step, schedule."""
+    loss = learner.loss_fn.step(learner.encoder, batch)
+    masked = learner.loss_fn.masked
+    learner.scaler.scale(loss).backward()
+    if learner.max_grad_norm:
+        learner.scaler.unscale_(learner.optimizer)
+        torch.nn.utils.clip_grad_norm_(learner.model.parameters(), learner.max_grad_norm)
+    learner.scaler.step(learner.optimizer)
+    learner.scaler.update()
+    learner.scheduler.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss.detach(), batch.n_docs - 1, masked)
+
+
+def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
+    """``testing.kill_worker_at_step``: SIGKILL this worker once, to rehearse recovery."""
+    chaos = spec.testing
+    if chaos and step == chaos.kill_worker_at_step and rank == chaos.kill_rank and not restores:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- 3. report
+
+
+@dataclass
+class ReportWindow:
+    """What the steps since the last report add up to; :meth:`reset` after each report."""
+
+    loss: torch.Tensor  # the steps' losses summed on the device: one host sync per report
+    steps: int = 0
+    tokens: int = 0  # non-padding tokens of this rank's batches
+    padded: int = 0  # their tokens as padded for the forward
+    masked: int | None = None  # false negatives masked, if the loss masks them
+    data_wait: float = 0.0  # seconds spent fetching batches
+    start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def on(cls, device: torch.device) -> ReportWindow:
+        return cls(torch.zeros((), device=device))
+
+    def add(self, result: StepResult) -> None:
+        self.steps += 1
+        self.loss += result.loss
+        if result.masked is not None:
+            self.masked = (self.masked or 0) + result.masked
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.steps = self.tokens = self.padded = 0
+        self.masked = None
+        self.data_wait = 0.0
+        self.start = time.perf_counter()
+
+
+def report(
+    recipe: Recipe,
+    state: TrainingState,
+    window: ReportWindow,
+    last: StepResult,
+    checkpoint: bool,
+    evaluate: bool,
+) -> None:
+    """Report the window on every rank (Ray Train's barrier); with ``checkpoint`` rank 0
+    attaches the resume state, with ``evaluate`` rank 0 adds the validation metrics."""
+    step_report = window_report(recipe, state, window, last)
+    rng_states = None
+    if checkpoint:  # collectives: every rank takes part
+        step_report = replace(step_report, stream_digests=_gather(state.digest, recipe.world))
+        rng_states = _gather(torch.get_rng_state(), recipe.world)
+    if evaluate and recipe.rank == 0:  # on validation: what a search or early choice reads
+        step_report = replace(step_report, evaluation=_validation(recipe))
+    metrics = step_report.to_metrics()
+    if not (checkpoint and recipe.rank == 0):
+        ray.train.report(metrics)
+        return
+    learner = recipe.learner
+    state_dict = {
+        "model": trainable_state(learner.model),
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "rng": rng_states,
+    }
+    meta = CheckpointMeta(
+        step=state.step,
+        schedule=schedule_of(recipe.spec, recipe.total_steps),
+        pairs_seen=state.pairs_seen,
+        negatives_per_query=step_report.negatives_per_query,
+        positions=recipe.mixed.positions(),
+        source_steps=step_report.source_steps,
+        restores=state.restores,
+        stream_digests=step_report.stream_digests,
+        metrics=step_report,
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        save_state(directory, state_dict, meta)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_upload_fn=partial(upload_verified, recipe.storage),
+        )
+
+
+def window_report(
+    recipe: Recipe, state: TrainingState, window: ReportWindow, last: StepResult
+) -> StepReport:
+    """This rank's report of the window: its averages and rates, the run's totals so far."""
+    elapsed = time.perf_counter() - window.start
+    local_batch, world = recipe.local_batch, recipe.world
+    masked = window.masked  # candidates left out as the anchor's positive, per query
+    return StepReport(
+        step=state.step,
+        total_steps=recipe.total_steps,
+        loss=float(window.loss / window.steps),  # the host sync
+        lr=recipe.learner.scheduler.get_last_lr()[0],
+        pairs_seen=state.pairs_seen,
+        pairs_per_s=window.steps * recipe.global_batch / elapsed,
+        tokens_per_s=window.tokens / elapsed,  # this rank's; the monitor sums ranks
+        step_time_s=elapsed / window.steps,
+        data_wait_fraction=window.data_wait / elapsed,
+        padding_fraction=1 - window.tokens / window.padded,
+        peak_memory_mib=peak_memory_mib(recipe.device),
+        rows_decoded=sum(feed.reader.rows_decoded for feed in recipe.feeds.values()),
+        time=time.time(),
+        negatives_per_query=recipe.spec.loss.negatives_per_query(
+            local_batch, world, last.hard_negatives
+        ),
+        trainable_params=recipe.trainable_params,
+        total_params=recipe.total_params,
+        source_steps=dict(state.source_steps),
+        resumed_from_step=state.resumed_from_step,
+        restores=state.restores,
+        false_negatives_masked=None if masked is None else masked / (window.steps * local_batch),
     )
 
 
-def build_optimizer(model: torch.nn.Module, spec: ExperimentSpec) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": spec.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # The fused kernel updates every parameter in one pass: 4.5x faster optimizer steps than
-    # the default on CPU too (bench/RESULTS.md); Hugging Face's Trainer defaults to it.
-    return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)
+def _validation(recipe: Recipe) -> dict[str, float]:
+    from orchestrator.evaluation import evaluate, in_domain_spec
 
-
-def feed_settings(spec: ExperimentSpec) -> FeedSettings:
-    data = spec.data
-    return FeedSettings(
-        spec.per_worker_batch_size,
-        data.shuffle_window,
-        data.bucket_window,
-        data.shuffle,
-        spec.train.seed,
-    )
-
-
-def source_feeds(
-    spec: ExperimentSpec, folders: dict[str, Location], rank: int, world: int
-) -> dict[str, RankFeed]:
-    """This rank's feed of every compiled source (``folders``: name → compiled folder)."""
-    feeds = {}
-    for name, folder in folders.items():
-        manifest = read_manifest(folder)
-        if manifest is None:
-            raise FileNotFoundError(f"source {name!r}: no compiled manifest in {folder.uri}")
-        fragments = fragments_of(manifest, spec.data.sources[name].max_rows)
-        feeds[name] = RankFeed(name, folder, fragments, feed_settings(spec), rank, world)
-    return feeds
-
-
-def chain_digest(digest: str, rows: dict[str, np.ndarray]) -> str:
-    """Running fingerprint of the token ids (and scores or labels) a rank trained on, in order."""
-    h = hashlib.sha256(digest.encode())
-    for column in sorted(rows):
-        values = rows[column]
-        if column.endswith(IDS_SUFFIX):
-            h.update(np.fromiter(map(len, values), np.int32, len(values)).tobytes())
-            h.update(np.concatenate(values).astype(np.int32, copy=False).tobytes())
-        else:
-            h.update(np.asarray(values, dtype=np.float64).tobytes())
-    return h.hexdigest()
+    model = recipe.learner.model
+    model.eval()
+    figures = evaluate(model, in_domain_spec(recipe.spec, "validation"))
+    model.train()
+    return figures
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -187,332 +414,3 @@ def _gather(value: Any, world: int) -> list[Any]:
     out: list[Any] = [None] * world
     torch.distributed.all_gather_object(out, value)
     return out
-
-
-def load_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
-    """(state.pt contents, meta.json) of a checkpoint, local or in object storage.
-
-    Its files are checked against its manifest first (a truncated or changed file is found
-    here, not as a strange tensor later), and state.pt is read as tensors and plain
-    containers only: a checkpoint read from storage runs no code.
-    """
-    if checkpoint is None:
-        return None, {}
-    with checkpoint.as_directory() as directory:
-        folder = Path(directory)
-        if problem := folder_problem(folder):
-            raise DamagedCheckpointError(f"checkpoint {checkpoint.path}: {problem}")
-        try:
-            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # torch's text names what was refused
-            refused = next((x for x in str(exc).splitlines() if "Unsupported" in x), str(exc))
-            raise DamagedCheckpointError(
-                f"checkpoint {checkpoint.path}: {STATE_FILE} holds more than tensors and plain"
-                f" containers (weights-only load refused it: {refused.strip()})"
-            ) from None
-        meta = json.loads((folder / META_FILE).read_text())
-    return state, meta
-
-
-def resume_state(checkpoint: ray.train.Checkpoint | None) -> tuple[dict | None, dict]:
-    """The state a (re)started run continues from: ``checkpoint``, or the newest good one.
-
-    A damaged checkpoint (see :func:`load_state`) is passed over for the newest one before it
-    in the same run folder that verifies, and if none does, training starts over at step 0:
-    either way the run goes on with exact data positions instead of failing on the same file
-    at every restart.
-    """
-    if checkpoint is None:
-        return None, {}
-    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
-        try:
-            state, meta = load_state(candidate)
-        except DamagedCheckpointError as exc:
-            log.warning("%s: passing it over", exc)
-            continue
-        if candidate is not checkpoint:
-            log.warning(
-                "resuming from the earlier checkpoint %s (step %d)", candidate.path, meta["step"]
-            )
-        return state, meta
-    log.warning("no checkpoint of this run verifies: training starts over at step 0")
-    return None, {}
-
-
-def _quiet_report_lines() -> None:
-    """Drop Ray Train's INFO line per report: each report's whole metrics dict, every rank.
-
-    The run monitor shows each report in a line or a progress bar instead. Ray logs those
-    lines under a logger named by its source file, so ``LoggingConfig`` does not reach them.
-    """
-    with suppress(ImportError):
-        from ray.train.v2._internal.execution import context
-
-        logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
-def schedule_of(spec: ExperimentSpec, total_steps: int) -> dict[str, Any]:
-    """The learning-rate settings a checkpoint records, to tell a changed schedule on resume."""
-    train = spec.train
-    return {
-        "lr": train.lr,
-        "schedule": train.schedule,
-        "warmup_ratio": train.warmup_ratio,
-        "total_steps": total_steps,
-    }
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: ExperimentSpec, total_steps: int):
-    return get_scheduler(
-        spec.train.schedule,
-        optimizer,
-        num_warmup_steps=int(spec.train.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-
-
-def restore_schedule(optimizer, scheduler, state, meta, spec, total_steps: int, rank: int = 0):
-    """The scheduler to continue with after loading a checkpoint; says what changed.
-
-    Same settings as the checkpoint's: its scheduler state, exactly where it stopped. Changed
-    ones (``--resume-from`` with another lr, schedule, warm-up or length): the weights,
-    optimizer moments and data positions are kept, and the spec's schedule applies from the
-    checkpoint's step on, as if it had been the schedule from step 0.
-    """
-    before, now = meta.get("schedule"), schedule_of(spec, total_steps)
-    if before is None or before == now:
-        scheduler.load_state_dict(state["scheduler"])
-        return scheduler
-    changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = spec.train.lr
-    fresh = build_scheduler(optimizer, spec, total_steps)
-    with warnings.catch_warnings():  # a fast-forward: no optimizer step is skipped
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        for _ in range(meta["step"]):
-            fresh.step()
-    if rank == 0:
-        log.warning(
-            "resuming at step %d with a changed schedule (%s): keeping the weights, optimizer "
-            "moments and data positions; the spec's schedule applies from here (lr now %.3g)",
-            meta["step"],
-            changed,
-            fresh.get_last_lr()[0],
-        )
-    return fresh
-
-
-def load_guide(spec: ExperimentSpec, base_path: str, device: torch.device):
-    """The frozen ``loss.guide`` model (None without one): the base as trained, or a named one."""
-    guide = getattr(spec.loss, "guide", None)
-    if guide is None:
-        return None
-    if guide.model == "base":  # as the run loads it: same pooling, length, prompts
-        model = load_encoder(base_path, spec.model, device)
-    else:  # another model as its authors saved it, reading at least the run's length
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(
-            resolve_model(guide.model), device=str(device), local_files_only=True
-        )
-        model.max_seq_length = max(model.max_seq_length or 0, spec.model.max_seq_length)
-    return model.eval().requires_grad_(False)
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    _quiet_report_lines()
-    spec = ExperimentSpec.model_validate(config["spec"])
-    total_steps: int = config["total_steps"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(spec.train.seed)
-    if not spec.scaling.use_gpu:  # share the node's cores fairly between co-located workers
-        torch.set_num_threads(math.ceil(spec.scaling.cpus_per_worker))
-
-    model = load_encoder(config["model_path"], spec.model, device)
-    if spec.lora:
-        attach_lora(model, spec.lora)
-    if spec.train.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    precision = spec.train.precision
-    encoder = ray.train.torch.prepare_model(
-        PairEncoder(model, autocast_dtype(precision), spec.train.embed_group_rows),
-        parallel_strategy_kwargs={"find_unused_parameters": True},
-    )
-    optimizer = build_optimizer(model, spec)
-    scheduler = build_scheduler(optimizer, spec, total_steps)
-    loss_fn = build_loss(spec.loss, model, world, load_guide(spec, config["model_path"], device))
-
-    storage = Location.of(spec.storage)
-    restored = ray.train.get_checkpoint()  # set when Ray Train restarts or re-runs this run
-    state, meta = resume_state(restored or config.get("resume_from"))
-    step = 0
-    if state is not None:
-        load_trainable_state(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = meta["step"]
-        scheduler = restore_schedule(optimizer, scheduler, state, meta, spec, total_steps, rank)
-        # One RNG state per rank: dropout draws differ with each rank's batch shapes.
-        torch.set_rng_state(state["rng"][rank])
-    resumed_from_step = step
-    restores = meta.get("restores", 0) + (restored is not None)
-    digest = (meta.get("stream_digests") or [""] * world)[rank]
-
-    local_batch = spec.per_worker_batch_size
-    positions = positions_from(meta.get("positions"), list(spec.data.sources))
-    feeds = source_feeds(spec, config["compiled"], rank, world)
-    streams = {name: SourceStream(name, feeds[name].batches, positions[name]) for name in feeds}
-    mixed = MixedStream(
-        Mixture({n: s.weight for n, s in spec.data.sources.items()}, spec.train.seed), streams
-    )
-    pad_id = model.tokenizer.pad_token_id or 0
-    trainable, total = count_parameters(model)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    source_steps = dict(meta.get("source_steps", {}))
-    pairs_seen = meta.get("pairs_seen", 0)
-    running_loss = torch.zeros((), device=device)
-    window_steps, window_tokens, window_padded = 0, 0, 0
-    window_masked: int | None = None
-    window_start, data_wait = time.perf_counter(), 0.0
-    hard = 0
-    encoder.train()
-    while step < total_steps:
-        _chaos(spec, step, rank, restores)
-        fetch_start = time.perf_counter()
-        source, rows = mixed.next(step)
-        digest = chain_digest(digest, rows)
-        real, padded = token_counts(rows, spec.train.embed_group_rows)
-        window_tokens += real
-        window_padded += padded
-        batch = to_device(collate(rows, pad_id), device)
-        data_wait += time.perf_counter() - fetch_start
-        hard = batch.n_docs - 1
-        loss = loss_fn.step(encoder, batch)
-        masked = loss_fn.masked
-        if masked is not None:
-            window_masked = (window_masked or 0) + masked
-        scaler.scale(loss).backward()
-        if spec.train.max_grad_norm:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        step += 1
-        running_loss += loss.detach()
-        window_steps += 1
-        pairs_seen += local_batch * world
-        source_steps[source] = source_steps.get(source, 0) + 1
-
-        checkpoint_now = step % spec.train.checkpoint_every == 0 or step == total_steps
-        eval_now = spec.train.eval_every and (
-            step % spec.train.eval_every == 0 or step == total_steps
-        )
-        if not (checkpoint_now or eval_now or step % spec.train.log_every == 0):
-            continue
-        elapsed = time.perf_counter() - window_start
-        metrics = {
-            "step": step,
-            "total_steps": total_steps,
-            "loss": float(running_loss / window_steps),  # one host sync per report
-            "lr": scheduler.get_last_lr()[0],
-            "pairs_seen": pairs_seen,
-            "pairs_per_s": window_steps * local_batch * world / elapsed,
-            "tokens_per_s": window_tokens / elapsed,  # this rank's; the monitor sums ranks
-            "step_time_s": elapsed / window_steps,
-            "data_wait_fraction": data_wait / elapsed,
-            "padding_fraction": 1 - window_tokens / window_padded,
-            "peak_memory_mib": peak_memory_mib(device),
-            "rows_decoded": sum(feed.reader.rows_decoded for feed in feeds.values()),
-            "time": time.time(),
-            "negatives_per_query": spec.loss.negatives_per_query(local_batch, world, hard),
-            "trainable_params": trainable,
-            "total_params": total,
-            "source_steps": dict(source_steps),
-            "resumed_from_step": resumed_from_step,
-            "restores": restores,
-        }
-        if window_masked is not None:  # candidates left out as the anchor's positive, per query
-            metrics["false_negatives_masked"] = window_masked / (window_steps * local_batch)
-        rng_states = None
-        if checkpoint_now:  # collectives: every rank takes part
-            metrics["stream_digests"] = _gather(digest, world)
-            rng_states = _gather(torch.get_rng_state(), world)
-        if eval_now and rank == 0:  # on validation: what a search or early choice reads
-            from orchestrator.evaluation import evaluate, in_domain_spec
-
-            model.eval()
-            figures = evaluate(model, in_domain_spec(spec, "validation"))
-            metrics.update({f"eval/{k}": v for k, v in figures.items()})
-            model.train()
-        save = rng_states if checkpoint_now and rank == 0 else None
-        schedule = schedule_of(spec, total_steps)
-        _report(metrics, save, model, optimizer, scheduler, mixed, storage, schedule)
-        running_loss.zero_()
-        window_steps, window_tokens, window_padded, window_masked = 0, 0, 0, None
-        window_start, data_wait = time.perf_counter(), 0.0
-
-
-def _upload_verified(
-    storage: Location, checkpoint: ray.train.Checkpoint, name: str
-) -> ray.train.Checkpoint:
-    """Upload a checkpoint file by file, verify each, write its manifest last; then register.
-
-    Replaces Ray Train's default copy, whose pyarrow streams can drop a failed part upload
-    with only an "Error ignored" log line, registering a checkpoint without its state. Here a
-    failure raises out of ``ray.train.report`` (after boto3's standard retries), so the
-    checkpoint is never registered and a restart resumes from the previous one. The target is
-    the path Ray Train registers (a relative ``storage.uri`` would resolve against the worker's
-    own working directory, not the driver's); ``storage`` only says how to reach it.
-    """
-    context = ray.train.get_context().get_storage()
-    path = context.build_checkpoint_path_from_name(name)
-    target = Location(f"s3://{path}" if storage.is_remote else path, *storage.connection)
-    publish(Path(checkpoint.path), target)
-    return ray.train.Checkpoint(path=path, filesystem=context.storage_filesystem)
-
-
-def _chaos(spec: ExperimentSpec, step: int, rank: int, restores: int) -> None:
-    """``testing.kill_worker_at_step``: SIGKILL this worker once, to rehearse recovery."""
-    chaos = spec.testing
-    if chaos and step == chaos.kill_worker_at_step and rank == chaos.kill_rank and not restores:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _report(
-    metrics, rng_states, model, optimizer, scheduler, mixed, storage: Location, schedule: dict
-) -> None:
-    """Report on every rank (Ray Train's barrier); rank 0 attaches the resume state."""
-    if rng_states is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save(
-            {
-                "model": trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_states,
-            },
-            os.path.join(directory, STATE_FILE),
-        )
-        meta = {
-            "step": metrics["step"],
-            "schedule": schedule,
-            "pairs_seen": metrics["pairs_seen"],
-            "negatives_per_query": metrics["negatives_per_query"],
-            "positions": mixed.positions(),
-            "source_steps": metrics["source_steps"],
-            "restores": metrics["restores"],
-            "stream_digests": metrics["stream_digests"],
-            "metrics": metrics,  # what was reported with it, evaluations included
-        }
-        Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_upload_fn=partial(_upload_verified, storage),
-        )

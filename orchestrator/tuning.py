@@ -44,7 +44,6 @@ from orchestrator.preflight import preflight
 from orchestrator.runner import RunResult, Started, evaluate_baseline, finish, start, write_outputs
 from orchestrator.search_space import check_space, trial_spec
 from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
-from orchestrator.step_report import StepReport
 from orchestrator.storage import Location, arrow_storage, list_keys, read_text, write_text
 from orchestrator.summary import SearchSummary, read_run_summary, write_summary
 from orchestrator.trainer import build_trainer
@@ -142,7 +141,7 @@ def _publish(
             spec,
             ready,
             checkpoint_at(folder),
-            StepReport.from_metrics(meta["metrics"]),
+            meta.metrics,
             resumed_from_step=0,
             train_s=row.time_s or 0.0,
             baseline=baseline,
@@ -218,9 +217,9 @@ def _run_trial(
     location = run_location(spec)
     write_text(location.join(SPEC_FILE), spec.published_yaml())
     latest = latest_checkpoint(location)
-    if latest and latest[1]["step"] >= steps and metric in latest[1].get("metrics", {}):
+    if latest and latest[1].step >= steps and metric in latest[1].reported:
         # An identical trial or run finished before: its final evaluation is the result.
-        ray_tune.report({**latest[1]["metrics"], REUSED: True})
+        ray_tune.report({**latest[1].reported, REUSED: True})
         return
     callbacks = [_EvaluationReports(metric)]
     build_trainer(spec, model_path, steps, data, None, callbacks).fit()

@@ -33,17 +33,12 @@ def registered_checkpoints(storage: Path) -> list[Path]:
     return []
 
 
-def _cpus_left_per_node() -> list[float]:
-    from ray._private.state import available_resources_per_node
-
-    return [resources.get("CPU", 0.0) for resources in available_resources_per_node().values()]
-
-
 def main(spec_path: str, out_path: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
     from orchestrator import run
+    from orchestrator.ray_compat import cpus_left_per_node
     from orchestrator.summary import summary_dict
 
     storage = Path(yaml.safe_load(Path(spec_path).read_text())["storage"]["uri"])
@@ -65,7 +60,7 @@ def main(spec_path: str, out_path: str) -> None:
         if not thread.is_alive() or time.time() > deadline:
             break
         time.sleep(0.1)
-    outcome["spread"] = _cpus_left_per_node() == [0.0, 0.0]  # a worker on each node
+    outcome["spread"] = cpus_left_per_node() == [0.0, 0.0]  # a worker on each node
     cluster.remove_node(second, allow_graceful=False)
     cluster.add_node(num_cpus=1)
     thread.join(timeout=600)

@@ -57,7 +57,7 @@ def token_counts(rows: Rows, group_rows: int | None = None) -> tuple[int, int]:
     Queries are padded to the longest query, all passage columns together to the longest
     passage (:func:`orchestrator.data.tokenize.collate`); with ``group_rows`` each
     length-sorted group of that many to its own longest
-    (:class:`orchestrator.train_loop.PairEncoder`).
+    (:class:`orchestrator.modeling.PairEncoder`).
     """
     queries = [len(ids) for ids in rows[ANCHOR + IDS_SUFFIX]]
     passages = [

@@ -34,7 +34,7 @@ def _split_source(root: Path, files: int, rows_per_file: int) -> Path:
 
 
 def _epoch_digests(spec, data, epochs: int, world: int = 1) -> list[str]:
-    from orchestrator.train_loop import chain_digest, source_feeds
+    from orchestrator.data.rank import chain_digest, source_feeds
 
     folders = {name: source.location for name, source in data.sources.items()}
     digests = []

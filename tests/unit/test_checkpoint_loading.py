@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from orchestrator.checkpoints import META_FILE, STATE_FILE
+from orchestrator.checkpoints import META_FILE, STATE_FILE, CheckpointMeta
 
 
 class Planted:
@@ -46,11 +46,11 @@ def training_state(seed: int = 0) -> dict:
 
 
 def test_a_training_state_loads(tmp_path):
-    from orchestrator.train_loop import load_state
+    from orchestrator.checkpoints import load_state
 
     state = training_state()
     loaded, meta = load_state(checkpoint_with(tmp_path / "good", state))
-    assert meta == {"step": 3}
+    assert meta == CheckpointMeta(step=3)  # the keys it lacks take their defaults
     torch.testing.assert_close(loaded["model"]["weight"], state["model"]["weight"])
     assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
 
@@ -81,8 +81,8 @@ def truncate(path) -> None:
     ids=["truncated", "missing-file", "no-manifest", "torn-manifest", "entry-outside", "no-sha"],
 )
 def test_a_damaged_checkpoint_is_refused_before_torch_reads_it(tmp_path, damage, problem):
+    from orchestrator.checkpoints import load_state
     from orchestrator.errors import DamagedCheckpointError
-    from orchestrator.train_loop import load_state
 
     checkpoint = checkpoint_with(tmp_path / "checkpoint_1", training_state())
     damage(tmp_path / "checkpoint_1")
@@ -94,7 +94,7 @@ def test_a_resume_passes_over_damaged_checkpoints_to_the_newest_good_one(tmp_pat
     """The newest checkpoint was cut short; the one before it is planted: the resume takes
     the oldest, the only good one, and says which it passed over. A run whose every
     checkpoint is damaged starts over instead of failing at each restart."""
-    from orchestrator.train_loop import resume_state
+    from orchestrator.checkpoints import resume_state
 
     run = tmp_path / "run"
     names = ["checkpoint_2026-12-01_10-00-00.000001", "checkpoint_2026-12-01_10-00-01.000001"]
@@ -105,14 +105,14 @@ def test_a_resume_passes_over_damaged_checkpoints_to_the_newest_good_one(tmp_pat
     (run / "checkpoint_manager_snapshot.json").write_text("{}")
 
     state, meta = resume_state(newest)
-    assert meta["step"] == 2
+    assert meta.step == 2
     torch.testing.assert_close(state["model"]["weight"], training_state(seed=1)["model"]["weight"])
     assert "state.pt does not match manifest.json (missing, truncated or changed)" in caplog.text
     assert "state.pt holds more than tensors and plain containers" in caplog.text
     assert f"resuming from the earlier checkpoint {good.path} (step 2)" in caplog.text
 
     truncate(run / names[0] / STATE_FILE)
-    assert resume_state(newest) == (None, {})
+    assert resume_state(newest) == (None, CheckpointMeta())
     assert "no checkpoint of this run verifies: training starts over at step 0" in caplog.text
 
 
@@ -124,13 +124,13 @@ def test_a_checkpoint_without_its_manifest_is_never_the_latest(tmp_path):
     checkpoint_with(tmp_path / "checkpoint_b", training_state(), step=4)
     (tmp_path / "checkpoint_b" / "manifest.json").unlink()  # cut off before its manifest
     folder, meta = latest_checkpoint(Location(str(tmp_path)))
-    assert meta["step"] == 2 and folder.uri.endswith("checkpoint_a")
+    assert meta.step == 2 and folder.uri.endswith("checkpoint_a")
 
 
 def test_a_planted_object_is_refused_and_never_runs(tmp_path, monkeypatch):
     """The attacker can write a manifest that matches: weights-only loading still stops it."""
+    from orchestrator.checkpoints import load_state
     from orchestrator.errors import DamagedCheckpointError
-    from orchestrator.train_loop import load_state
 
     monkeypatch.chdir(tmp_path)
     checkpoint = checkpoint_with(tmp_path / "planted", {"model": Planted()})
@@ -140,7 +140,7 @@ def test_a_planted_object_is_refused_and_never_runs(tmp_path, monkeypatch):
 
 
 def _trained(spec, steps_done: int, total: int):
-    from orchestrator.train_loop import build_scheduler
+    from orchestrator.optimizer import build_scheduler
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
@@ -153,13 +153,13 @@ def _trained(spec, steps_done: int, total: int):
 
 @pytest.mark.parametrize("new_lr", [1e-3, 1e-4], ids=["same", "changed"])
 def test_resuming_keeps_or_reapplies_the_schedule_and_says_which(tiny_spec, new_lr, caplog):
+    from orchestrator.optimizer import build_scheduler, restore_schedule, schedule_of
     from orchestrator.spec import load_spec
-    from orchestrator.train_loop import build_scheduler, restore_schedule, schedule_of
 
     old = load_spec({**tiny_spec, "train": {**tiny_spec["train"], "lr": 1e-3, "warmup_ratio": 0}})
     _, optimizer, scheduler = _trained(old, 4, 10)
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    meta = {"step": 4, "schedule": schedule_of(old, 10)}
+    meta = CheckpointMeta(step=4, schedule=schedule_of(old, 10))
 
     new = load_spec({**tiny_spec, "train": {**old.train.model_dump(), "lr": new_lr}})
     model = torch.nn.Linear(2, 2)
@@ -175,3 +175,38 @@ def test_resuming_keeps_or_reapplies_the_schedule_and_says_which(tiny_spec, new_
     else:
         assert "changed schedule (lr 0.001 -> 0.0001)" in caplog.text
         assert "keeping the weights, optimizer moments and data positions" in caplog.text
+
+
+def test_checkpoint_meta_keeps_its_json_keys_and_reads_older_files():
+    from orchestrator.step_report import StepReport
+
+    report = StepReport(step=4, total_steps=4, loss=1.5, lr=1e-3, time=0.0, restores=1)
+    meta = CheckpointMeta(
+        step=4,
+        schedule={"lr": 1e-3, "schedule": "linear", "warmup_ratio": 0.1, "total_steps": 4},
+        pairs_seen=32,
+        negatives_per_query=7,
+        positions={"colors": {"epoch": 0, "batch": 3}},
+        source_steps={"colors": 3, "more": 1},
+        restores=1,
+        stream_digests=["a", "b"],
+        metrics=report,
+    )
+    data = json.loads(meta.to_json())
+    assert list(data) == [
+        "step",
+        "schedule",
+        "pairs_seen",
+        "negatives_per_query",
+        "positions",
+        "source_steps",
+        "restores",
+        "stream_digests",
+        "metrics",
+    ]
+    assert data["metrics"] == report.to_metrics() == meta.reported
+    assert CheckpointMeta.from_json(meta.to_json()) == meta
+    # A checkpoint of an earlier version: what it lacks takes the defaults.
+    older = CheckpointMeta.from_json(json.dumps({"step": 2, "positions": {}, "future": 1}))
+    assert (older.step, older.restores, older.source_steps, older.schedule) == (2, 0, {}, None)
+    assert older.metrics is None and older.reported == {}

@@ -9,7 +9,7 @@ MODEL_STACK = {"transformers", "sentence_transformers", "peft"}
 
 
 def test_the_driver_does_not_import_the_model_stack():
-    """The training recipe's imports (about 4 s) happen in the workers that train."""
+    """The training recipe's imports (seconds of them) happen in the workers that train."""
     code = (
         "import sys\n"
         "import orchestrator.__main__, orchestrator.runner, orchestrator.tuning\n"

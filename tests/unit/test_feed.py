@@ -18,9 +18,9 @@ from orchestrator.data.feed import (
     epoch_share,
     fragments_of,
 )
+from orchestrator.data.rank import chain_digest
 from orchestrator.errors import DamagedDataError
 from orchestrator.storage import Location
-from orchestrator.train_loop import chain_digest
 
 
 def write_fragments(root: Path, sizes: list[int]) -> list[Fragment]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from orchestrator.data.tokenize import Batch, pad
 from orchestrator.losses import build_loss
+from orchestrator.modeling import PairEncoder
 from orchestrator.spec import (
     LOSS_CLASSES,
     CachedInfoNCELoss,
@@ -22,7 +23,6 @@ from orchestrator.spec import (
     InfoNCELoss,
     TripletLossSpec,
 )
-from orchestrator.train_loop import PairEncoder
 
 B, DIM = 4, 16
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from orchestrator import mining
-from orchestrator.mining import embedding
 from orchestrator.mining import (
     Candidates,
     MiningConfig,
     MiningCounts,
     MiningReport,
     Pairs,
+    embedding,
     known_positive_keys,
     retrieve,
     select_negatives,
