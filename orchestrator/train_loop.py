@@ -175,7 +175,7 @@ class Recipe:
 
 
 def setup(config: dict[str, Any]) -> tuple[Recipe, TrainingState]:
-    """The recipe of ``config`` (from :func:`orchestrator.runner.build_trainer`) on this
+    """The recipe of ``config`` (from :func:`orchestrator.trainer.build_trainer`) on this
     worker, resumed from Ray Train's restored checkpoint or ``config["resume_from"]``."""
     spec = ExperimentSpec.model_validate(config["spec"])
     total_steps: int = config["total_steps"]
