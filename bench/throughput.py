@@ -105,15 +105,15 @@ def run_ours(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     result = run(spec)
     history = read_history(run_location(spec))
     window = math.gcd(args.warmup, args.steps)  # steps per report
-    measured = [r for r in history if r["step"] > args.warmup]
+    measured = [r for r in history if r.step > args.warmup]
     data_s = result.summary.timings_s["data"]
-    first_step_start = history[0]["time"] - window * history[0]["step_time_s"]
+    first_step_start = history[0].time - window * history[0].step_time_s
     return {
-        "step_s": statistics.mean(r["step_time_s"] for r in measured),
-        "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in measured),
-        "data_wait_fraction": statistics.mean(r["data_wait_fraction"] for r in measured),
-        "padding_fraction": statistics.mean(r["padding_fraction"] for r in measured),
-        "peak_memory_mib": max(r["peak_memory_mib"] for r in history),
+        "step_s": statistics.mean(r.step_time_s for r in measured),
+        "tokens_per_s": statistics.mean(r.tokens_per_s for r in measured),
+        "data_wait_fraction": statistics.mean(r.data_wait_fraction for r in measured),
+        "padding_fraction": statistics.mean(r.padding_fraction for r in measured),
+        "peak_memory_mib": max(r.peak_memory_mib for r in history),
         "process_to_first_step_s": first_step_start - psutil.Process().create_time(),
         "ray_init_to_first_step_s": first_step_start - ready,
         "data_s": data_s,
