@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -101,6 +102,7 @@ def _submit(args: argparse.Namespace) -> int:
     import orchestrator
     from orchestrator.estimate import estimate
     from orchestrator.jobs import submit
+    from orchestrator.log_noise import VERBOSE_ENV, verbose
 
     bad = [item for item in args.env if "=" not in item]
     if bad:
@@ -111,6 +113,8 @@ def _submit(args: argparse.Namespace) -> int:
         print(line)
     command = "tune" if args.tune else "run" if args.run else None
     env = dict(item.split("=", 1) for item in args.env)
+    if verbose():  # the job's driver shows Ray's known-harmless lines too
+        env.setdefault(VERBOSE_ENV, "1")
     handle = submit(
         args.spec,  # the file: its folder is one that inputs may come from
         args.overrides,
@@ -164,6 +168,12 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="orchestrator", description=__doc__)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Ray's log lines that are known to be harmless (orchestrator/log_noise.py)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = _spec_command(sub, "validate", "check a spec and the files it names; no Ray")
     p.add_argument("--no-files", action="store_true", help="skip checks of paths and model")
@@ -232,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides += extra
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        from orchestrator.log_noise import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
 
     import orchestrator
 

@@ -68,3 +68,27 @@ def object_store_reader() -> Callable[[], tuple[int, int]]:
         return stats.object_store_bytes_used, stats.spilled_bytes_total
 
     return read
+
+
+def filter_worker_logs(kept: Callable[[list[str], str], list[str]]) -> None:
+    """Pass every batch of worker log lines through ``kept(lines, source)`` (source: the
+    process, as ``ip:pid``) before the driver prints it.
+
+    Ray streams its workers' stdout and stderr to the driver (``log_to_driver``) through
+    ``ray._private.worker.print_worker_logs``, which has no public hook; the wrapper keeps
+    everything else of it (prefixes, colours, ``tqdm_ray`` bars). Wrapping twice replaces the
+    filter instead of stacking it.
+    """
+    import functools
+
+    from ray._private import worker
+
+    original = getattr(worker.print_worker_logs, "__wrapped__", worker.print_worker_logs)
+
+    @functools.wraps(original)
+    def print_kept(data, print_file, ignore_prefix: bool = False):
+        lines = kept(list(data.get("lines", [])), f"{data.get('ip')}:{data.get('pid')}")
+        if lines:
+            original({**data, "lines": lines}, print_file, ignore_prefix)
+
+    worker.print_worker_logs = print_kept

@@ -8,13 +8,17 @@ import os
 import ray
 import ray.data
 
+from orchestrator.log_noise import quiet_ray_noise
+
 
 def ensure_ray() -> None:
     """Connect to the Ray of ``$RAY_ADDRESS`` (a job's cluster) or start a local one.
 
     A local instance serves its dashboard on 127.0.0.1 only: the job API runs code for
-    whoever reaches it.
+    whoever reaches it. Ray's known-harmless noise is kept out of the output
+    (:mod:`orchestrator.log_noise`).
     """
+    quiet_ray_noise()  # before ray.init, which logs some of it
     if not ray.is_initialized():
         ray.init(log_to_driver=True, configure_logging=False, dashboard_host="127.0.0.1")
     # Ray Train and Tune move workers and trials into scratch folders by default; keep the

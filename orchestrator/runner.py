@@ -24,8 +24,11 @@ from orchestrator.data.sources import SourceReport
 from orchestrator.estimate import total_steps
 from orchestrator.layout import (
     LEASE_FILE,
+    MODEL_DIR,
+    REJECTED_DIR,
     REPORT_FILE,
     SPEC_FILE,
+    SUMMARY_FILE,
     TENSORBOARD_DIR,
     run_location,
 )
@@ -45,6 +48,7 @@ from orchestrator.summary import (
     read_run_summary,
     write_summary,
 )
+from orchestrator.tracking import tracked
 from orchestrator.trainer import build_trainer
 from orchestrator.verdict import Evaluation
 
@@ -108,29 +112,34 @@ def run(
             log.info("%s finished earlier in %s (--fresh trains it again)", spec.name, location.uri)
             return RunResult.of(location, done)
         ready = start(spec, location, fresh)
-        t0 = time.time()
-        begin = Location(resume_from, *location.connection) if resume_from else None
-        steps = total_steps(spec, ready.data.rows)
-        display = interactive_display()
-        trainer = build_trainer(spec, ready.model_path, steps, ready.data, begin, display=display)
-        fitted = trainer.fit()
-        if fitted.checkpoint is None:
-            raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
-        final = StepReport.from_metrics(fitted.metrics or {})
-        # The step the workers resumed at (an earlier one than the latest if that checkpoint
-        # was damaged); if nothing was left to train, the checkpoint's own step.
-        resumed_from = final.resumed_from_step if final.time >= t0 else final.step
-        summary = finish(
-            spec,
-            ready,
-            fitted.checkpoint,
-            final,
-            resumed_from_step=resumed_from,
-            train_s=time.time() - t0,
-            baseline=None,
-            wall_since=ready.started,
-        )
-        write_outputs(location, summary)
+        with tracked(spec) as tracking:
+            t0 = time.time()
+            begin = Location(resume_from, *location.connection) if resume_from else None
+            steps = total_steps(spec, ready.data.rows)
+            callbacks = tracking.callbacks()
+            display = interactive_display()
+            trainer = build_trainer(
+                spec, ready.model_path, steps, ready.data, begin, callbacks, display
+            )
+            fitted = trainer.fit()
+            if fitted.checkpoint is None:
+                raise RuntimeError(f"training finished without a checkpoint in {location.uri}")
+            final = StepReport.from_metrics(fitted.metrics or {})
+            # The step the workers resumed at (an earlier one than the latest if that
+            # checkpoint was damaged); if nothing was left to train, the checkpoint's own step.
+            resumed_from = final.resumed_from_step if final.time >= t0 else final.step
+            summary = finish(
+                spec,
+                ready,
+                fitted.checkpoint,
+                final,
+                resumed_from_step=resumed_from,
+                train_s=time.time() - t0,
+                baseline=None,
+                wall_since=ready.started,
+            )
+            write_outputs(location, summary)
+            tracking.finished(summary, location, run_files(summary))
         return RunResult.of(location, summary)
 
 
@@ -253,6 +262,12 @@ def trained_facts(
         },
         checkpoint=f"s3://{checkpoint.path}" if location.is_remote else checkpoint.path,
     )
+
+
+def run_files(summary: RunSummary) -> list[str]:
+    """A finished run's files that trackers keep: its summary, report page and model card."""
+    model = REJECTED_DIR if summary.rejected else MODEL_DIR
+    return [SUMMARY_FILE, REPORT_FILE, f"{model}/README.md"]
 
 
 def write_outputs(run: Location, summary: RunSummary) -> None:

@@ -32,8 +32,11 @@ from orchestrator.data.compile import CompiledData
 from orchestrator.errors import SearchInterrupted
 from orchestrator.estimate import total_steps
 from orchestrator.layout import (
+    RESULTS_CSV,
     RESULTS_MD,
+    RESULTS_PLOT,
     SPEC_FILE,
+    SUMMARY_FILE,
     TRIAL_PARAMS_FILE,
     run_location,
     tune_id,
@@ -41,11 +44,20 @@ from orchestrator.layout import (
 )
 from orchestrator.lease import RunLease
 from orchestrator.preflight import preflight
-from orchestrator.runner import RunResult, Started, evaluate_baseline, finish, start, write_outputs
+from orchestrator.runner import (
+    RunResult,
+    Started,
+    evaluate_baseline,
+    finish,
+    run_files,
+    start,
+    write_outputs,
+)
 from orchestrator.search_space import check_space, trial_spec
 from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
 from orchestrator.storage import Location, arrow_storage, list_keys, read_text, write_text
 from orchestrator.summary import SearchSummary, read_run_summary, write_summary
+from orchestrator.tracking import TrialTracking, tracked
 from orchestrator.trainer import build_trainer
 from orchestrator.tune_report import REUSED, SKIPPED, TrialRow, trial_rows, write_report
 from orchestrator.verdict import Evaluation
@@ -90,46 +102,58 @@ def _tune_holding(
     """:func:`tune`, once this driver holds the search folder's lease."""
     trials = recorded_trial_runs(base, location) if fresh else []  # before the folder goes
     ready = start(base, location, fresh, also_fresh=trials, what="search and its trial runs")
-    t0 = time.time()
-    grid = _tuner(base, location, ready.model_path, ready.data, candidates).fit()
-    search_s = time.time() - t0
-    baseline = evaluate_baseline(base, ready.model_path)  # after the search: trials start sooner
+    with tracked(base, search=tune_id(base)) as tracking:
+        t0 = time.time()
+        trials_log = TrialTracking.under(tracking)
+        grid = _tuner(base, location, ready, candidates, trials_log).fit()
+        search_s = time.time() - t0
+        # The base model is evaluated after the search: the trials start sooner.
+        baseline = evaluate_baseline(base, ready.model_path)
 
-    rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
-    table = write_report(location, base, rows, baseline.metrics)
-    ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
-    out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
-    if ended < expected and not out_of_time:
-        raise SearchInterrupted(
-            f"search {tune_id(base)} stopped with {ended} of {expected} trials ended; run "
-            "`orchestrator tune` on the same spec again to continue it (results so far: "
-            f"{location.join(RESULTS_MD).uri})"
+        rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
+        table = write_report(location, base, rows, baseline.metrics)
+        ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
+        out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
+        if ended < expected and not out_of_time:
+            raise SearchInterrupted(
+                f"search {tune_id(base)} stopped with {ended} of {expected} trials ended; run "
+                "`orchestrator tune` on the same spec again to continue it (results so far: "
+                f"{location.join(RESULTS_MD).uri})"
+            )
+        best_row = next((r for r in rows if r.finished), None)
+        best = _publish(base, best_row, ready, baseline, trials_log) if best_row else None
+        summary = SearchSummary(
+            tune_id=tune_id(base),
+            name=base.name,
+            metric=base.tune.metric,
+            mode=base.tune.mode,
+            baseline=baseline.metrics,
+            trials=[row.as_dict() for row in rows],
+            best=best_row.as_dict() if best_row else None,
+            best_run_uri=best.run_uri if best else None,
+            best_model_uri=best.model_uri if best else None,
+            verdict=best.summary.verdict if best else None,
+            timings_s={
+                "data": round(ready.data.seconds, 2),
+                "search": round(search_s, 2),
+                "total": round(time.time() - ready.started, 2),
+            },
         )
-    best_row = next((r for r in rows if r.finished), None)
-    best = _publish(base, best_row, ready, baseline) if best_row else None
-    summary = SearchSummary(
-        tune_id=tune_id(base),
-        name=base.name,
-        metric=base.tune.metric,
-        mode=base.tune.mode,
-        baseline=baseline.metrics,
-        trials=[row.as_dict() for row in rows],
-        best=best_row.as_dict() if best_row else None,
-        best_run_uri=best.run_uri if best else None,
-        best_model_uri=best.model_uri if best else None,
-        verdict=best.summary.verdict if best else None,
-        timings_s={
-            "data": round(ready.data.seconds, 2),
-            "search": round(search_s, 2),
-            "total": round(time.time() - ready.started, 2),
-        },
-    )
-    write_summary(location, summary)
+        write_summary(location, summary)
+        figures = {f"baseline/{k}": v for k, v in baseline.metrics.items()}
+        if best_row and best_row.metric is not None:
+            figures[f"best/{base.tune.metric}"] = best_row.metric
+        tracking.log(figures)
+        tracking.finished(None, location, [RESULTS_CSV, RESULTS_MD, RESULTS_PLOT, SUMMARY_FILE])
     return TuneResult(location.uri, rows, table, best, summary)
 
 
 def _publish(
-    base: ExperimentSpec, row: TrialRow, ready: Started, baseline: Evaluation
+    base: ExperimentSpec,
+    row: TrialRow,
+    ready: Started,
+    baseline: Evaluation,
+    trials_log: TrialTracking,
 ) -> RunResult:
     """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""
     spec = trial_spec(base, row.params)
@@ -137,16 +161,18 @@ def _publish(
     summary = read_run_summary(location)
     if summary is None:
         folder, meta = latest_checkpoint(location)
-        summary = finish(
-            spec,
-            ready,
-            checkpoint_at(folder),
-            meta.metrics,
-            resumed_from_step=0,
-            train_s=row.time_s or 0.0,
-            baseline=baseline,
-        )
-        write_outputs(location, summary)
+        with trials_log.tracked(spec) as tracking:
+            summary = finish(
+                spec,
+                ready,
+                checkpoint_at(folder),
+                meta.metrics,
+                resumed_from_step=0,
+                train_s=row.time_s or 0.0,
+                baseline=baseline,
+            )
+            write_outputs(location, summary)
+            tracking.finished(summary, location, run_files(summary))
     return RunResult.of(location, summary)
 
 
@@ -197,6 +223,7 @@ def _run_trial(
     base_json: dict[str, Any],
     model_path: str,
     data: CompiledData,
+    trials_log: TrialTracking,
 ) -> None:
     """One Tune trial: the TorchTrainer of ``run`` for the base spec with this trial's values.
 
@@ -217,12 +244,14 @@ def _run_trial(
     location = run_location(spec)
     write_text(location.join(SPEC_FILE), spec.published_yaml())
     latest = latest_checkpoint(location)
-    if latest and latest[1].step >= steps and metric in latest[1].reported:
-        # An identical trial or run finished before: its final evaluation is the result.
-        ray_tune.report({**latest[1].reported, REUSED: True})
-        return
-    callbacks = [_EvaluationReports(metric)]
-    build_trainer(spec, model_path, steps, data, None, callbacks).fit()
+    with trials_log.tracked(spec) as tracking:
+        if latest and latest[1].step >= steps and metric in latest[1].reported:
+            # An identical trial or run finished before: its final evaluation is the result.
+            ray_tune.report({**latest[1].reported, REUSED: True})
+        else:
+            callbacks = [_EvaluationReports(metric), *tracking.callbacks()]
+            build_trainer(spec, model_path, steps, data, None, callbacks).fit()
+        tracking.finished(None, location, [])
 
 
 # --------------------------------------------------------------------------- Tune's configuration
@@ -231,17 +260,19 @@ def _run_trial(
 def _tuner(
     base: ExperimentSpec,
     location: Location,
-    model_path: str,
-    data: CompiledData,
+    ready: Started,
     candidates: list[ExperimentSpec],
+    trials_log: TrialTracking,
 ) -> ray_tune.Tuner:
     """A new Tuner, or the interrupted one restored with its finished trials kept."""
+    data = ready.data
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
             _run_trial,
             base_json=base.model_dump(mode="json"),
-            model_path=model_path,
+            model_path=ready.model_path,
             data=data,
+            trials_log=trials_log,
         ),
         # The trial function only drives a TorchTrainer, whose workers reserve their own.
         {"cpu": 0.01},

@@ -87,6 +87,15 @@ def s3_endpoint() -> str:
         yield endpoint
 
 
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """A real MLflow tracking server on a free loopback port, for the whole session."""
+    from tests.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
 @pytest.fixture
 def bucket(s3_endpoint) -> str:
     """A fresh, empty bucket on the test server; returns its name."""

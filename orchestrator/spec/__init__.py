@@ -65,6 +65,7 @@ from orchestrator.spec.loss import (
 )
 from orchestrator.spec.model import LoraSpec, MergeSpec, ModelSpec
 from orchestrator.spec.storage import StorageSpec
+from orchestrator.spec.tracking import MlflowSpec, TrackingSpec
 from orchestrator.spec.train import ScalingSpec, TrainSpec
 from orchestrator.spec.tune import DOMAIN_KINDS, SEARCHABLE, SearchDomain, TuneSpec
 
@@ -102,6 +103,7 @@ __all__ = [
     "LoraSpec",
     "Loss",
     "MergeSpec",
+    "MlflowSpec",
     "ModelSpec",
     "ParquetSource",
     "PathText",
@@ -115,6 +117,7 @@ __all__ = [
     "SpecError",
     "StorageSpec",
     "TestingSpec",
+    "TrackingSpec",
     "TrainSpec",
     "TripletEvalSet",
     "TripletLossSpec",

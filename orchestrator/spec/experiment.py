@@ -16,6 +16,7 @@ from orchestrator.spec.evaluation import METRIC_NAME, SET_METRIC_NAME, EvalSpec,
 from orchestrator.spec.loss import InfoNCELoss, Loss
 from orchestrator.spec.model import LoraSpec, MergeSpec, ModelSpec
 from orchestrator.spec.storage import StorageSpec
+from orchestrator.spec.tracking import TrackingSpec
 from orchestrator.spec.train import ScalingSpec, TrainSpec
 from orchestrator.spec.tune import TuneSpec
 
@@ -69,6 +70,10 @@ class ExperimentSpec(Section):
         default=None,
         description="A search over the spec itself (`orchestrator tune`): each trial is a run "
         "of the spec with sampled overrides.",
+    )
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="Experiment trackers the run also reports to (MLflow).",
     )
     testing: TestingSpec | None = Field(
         default=None, description="Chaos testing: kill a worker to rehearse recovery."
@@ -192,10 +197,13 @@ class ExperimentSpec(Section):
 
         The ``tune`` section is left out by default: it does not change what a run trains, so
         ``run`` of a spec and the search trial with the same values share one run folder.
+        ``tracking`` is always left out: where results are also recorded changes nothing.
         A path spelled from the home folder hashes as its ``~/`` form: the spec a run
         publishes (see :mod:`orchestrator.published`) names that same run.
         """
-        raw = self.model_dump(mode="json", exclude=None if include_tune else {"tune"})
+        raw = self.model_dump(
+            mode="json", exclude={"tracking", *([] if include_tune else ["tune"])}
+        )
         canonical = without_home(json.dumps(raw, sort_keys=True))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

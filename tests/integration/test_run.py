@@ -13,12 +13,42 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, tiny_model, corpora, tmp_path_factory):
+def first_run(ray_cluster, tiny_model, corpora, tmp_path_factory, mlflow_uri):
+    """A run that is also tracked in a real MLflow server (tracking is not part of the run id:
+    the tests that run this spec again without it find this run)."""
     from orchestrator import run
     from tests.conftest import tiny_spec_dict
 
     spec = tiny_spec_dict(tiny_model, corpora, tmp_path_factory.mktemp("runs"))
-    return spec, run(spec)
+    tracked = {**spec, "tracking": {"mlflow": {"uri": mlflow_uri, "experiment": "runs"}}}
+    return spec, run(tracked)
+
+
+def test_a_run_is_tracked_in_mlflow(first_run, mlflow_uri):
+    """Its spec as params, every report as metrics by step, the evaluations and the verdict,
+    and its summary, report and model card as artifacts, read back through MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    spec, result = first_run
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("runs")
+    (tracked,) = client.search_runs(
+        [experiment.experiment_id], f"tags.`orchestrator.run_id` = '{result.run_id}'"
+    )
+    assert tracked.info.status == "FINISHED"
+    assert tracked.data.params["train.lr"] == str(spec["train"]["lr"])
+    assert tracked.data.params["loss.kind"] == spec["loss"]["kind"]
+    history = json.loads((result.run_dir / "history.jsonl").read_text().splitlines()[-1])
+    losses = client.get_metric_history(tracked.info.run_id, "train/loss")
+    assert [m.step for m in losses] == list(range(1, 5))  # log_every=1, 4 steps
+    assert losses[-1].value == pytest.approx(history["loss"])
+    figures = tracked.data.metrics
+    assert figures["finetuned/ndcg_at_10"] == pytest.approx(result.finetuned["ndcg@10"])
+    assert figures["baseline/ndcg_at_10"] == pytest.approx(result.baseline["ndcg@10"])
+    assert figures["verdict/delta"] == pytest.approx(result.summary.verdict.delta)
+    assert tracked.data.tags["verdict"] == result.summary.verdict.outcome
+    files = {f.path for f in client.list_artifacts(tracked.info.run_id)}
+    assert {"summary.json", "report.html", "model_README.md"} <= files
 
 
 def test_two_worker_run_reports_metrics_and_exports(first_run):

@@ -57,8 +57,9 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen) ->
 
 
 @pytest.fixture(scope="module")
-def search(ray_cluster, tiny_model, corpora, tmp_path_factory):
-    """Start the search from the CLI, Ctrl-C it during the second trial, then continue it."""
+def search(ray_cluster, tiny_model, corpora, tmp_path_factory, mlflow_uri):
+    """Start the search from the CLI, Ctrl-C it during the second trial, then continue it;
+    tracked in a real MLflow server."""
     import ray
 
     from orchestrator import load_spec, tune
@@ -67,6 +68,7 @@ def search(ray_cluster, tiny_model, corpora, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("search")
     raw = search_spec(tiny_model, corpora, root)
+    raw["tracking"] = {"mlflow": {"uri": mlflow_uri, "experiment": "search"}}
     spec_file = root / "search.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     base = load_spec(raw)
@@ -129,6 +131,38 @@ def test_the_results_table_is_sorted_and_complete(search):
     assert "| `train.lr` |" in markdown and "stopped early" in markdown
     assert f"Base model: ndcg@10 = {result.summary.baseline['ndcg@10']:.4f}" in markdown
     assert (folder / "metric_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_search_and_each_trial_are_tracked_in_mlflow(search, mlflow_uri):
+    """One parent run for the search (continued, not duplicated, after the interruption),
+    one child run per trial; the published best trial carries the evaluations and files."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.layout import tune_id
+
+    base, _, _, result = search
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("search").experiment_id
+    (parent,) = client.search_runs([experiment], f"tags.`orchestrator.tune_id` = '{tune_id(base)}'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["baseline/ndcg_at_10"] == pytest.approx(
+        result.summary.baseline["ndcg@10"]
+    )
+    assert {"results.csv", "results.md", "summary.json"} <= {
+        f.path for f in client.list_artifacts(parent.info.run_id)
+    }
+    children = client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    by_run = {c.data.tags["orchestrator.run_id"]: c for c in children}
+    assert len(children) == len(by_run) == 4, "one MLflow run per trial"
+    assert set(by_run) == {row.run_id for row in result.rows}
+    best = by_run[result.best.run_id]
+    assert best.data.metrics["finetuned/ndcg_at_10"] == pytest.approx(
+        result.best.finetuned["ndcg@10"]
+    )
+    assert "report.html" in {f.path for f in client.list_artifacts(best.info.run_id)}
+    assert client.get_metric_history(best.info.run_id, "eval/ndcg_at_10"), "its evaluations"
 
 
 def test_the_best_trial_is_published_like_a_run(search):
