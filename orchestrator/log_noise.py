@@ -104,13 +104,15 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_ray_noise() -> None:
-    """Keep the known-harmless lines out of this driver's output, unless verbose. Idempotent."""
-    if verbose():
-        return
+    """Keep the known-harmless lines out of this driver's output; verbose: show them all
+    (also after an earlier call in the same process). Idempotent."""
     from orchestrator.ray_compat import filter_worker_logs
 
-    filter_worker_logs(WorkerLogFilter())
+    show_all = verbose()
+    filter_worker_logs(None if show_all else WorkerLogFilter())
     for name, start, _ in DRIVER_NOISE:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) and f.start == start for f in logger.filters):
+        for old in [f for f in logger.filters if isinstance(f, _DropMessages)]:
+            logger.removeFilter(old)
+        if not show_all:
             logger.addFilter(_DropMessages(start))

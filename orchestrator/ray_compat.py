@@ -70,9 +70,9 @@ def object_store_reader() -> Callable[[], tuple[int, int]]:
     return read
 
 
-def filter_worker_logs(kept: Callable[[list[str], str], list[str]]) -> None:
+def filter_worker_logs(kept: Callable[[list[str], str], list[str]] | None) -> None:
     """Pass every batch of worker log lines through ``kept(lines, source)`` (source: the
-    process, as ``ip:pid``) before the driver prints it.
+    process, as ``ip:pid``) before the driver prints it; None: print them all again.
 
     Ray streams its workers' stdout and stderr to the driver (``log_to_driver``) through
     ``ray._private.worker.print_worker_logs``, which has no public hook; the wrapper keeps
@@ -84,6 +84,9 @@ def filter_worker_logs(kept: Callable[[list[str], str], list[str]]) -> None:
     from ray._private import worker
 
     original = getattr(worker.print_worker_logs, "__wrapped__", worker.print_worker_logs)
+    if kept is None:
+        worker.print_worker_logs = original
+        return
 
     @functools.wraps(original)
     def print_kept(data, print_file, ignore_prefix: bool = False):

@@ -62,7 +62,9 @@ def unfiltered(monkeypatch):
     """Ray's printing and the driver loggers as they were, after the test."""
     from ray._private import worker
 
-    monkeypatch.setattr(worker, "print_worker_logs", worker.print_worker_logs)
+    # The filter may be in place already (any earlier ensure_ray in this process).
+    original = getattr(worker.print_worker_logs, "__wrapped__", worker.print_worker_logs)
+    monkeypatch.setattr(worker, "print_worker_logs", original)
     for name, _, _ in log_noise.DRIVER_NOISE:
         monkeypatch.setattr(logging.getLogger(name), "filters", [])
     monkeypatch.delenv(log_noise.VERBOSE_ENV, raising=False)
@@ -86,7 +88,8 @@ def test_the_driver_prints_workers_lines_without_the_noise(unfiltered, monkeypat
     assert _printed(unfiltered, [PREEMPTION]) == ""
 
 
-def test_verbose_shows_everything(unfiltered, monkeypatch):
+def test_verbose_shows_everything_also_after_a_quiet_start(unfiltered, monkeypatch):
+    quiet_ray_noise()
     monkeypatch.setenv(log_noise.VERBOSE_ENV, "1")
     quiet_ray_noise()
     assert "PreemptionWatcher" in _printed(unfiltered, [PREEMPTION])

@@ -28,17 +28,24 @@ def report(step: int, **extra) -> dict:
     return StepReport.from_metrics({**figures, "tokens_per_s": 10.0, **extra}).to_metrics()
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store for the module: creating its schema takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def spec(tiny_spec, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def spec(tiny_spec, tmp_path, store, request):
+    """A spec tracked in its own experiment (one per test) of the module's store."""
+    name = request.node.name
     # Created here with its artifacts in tmp_path (MLflow's default would be ./mlruns).
-    MlflowTarget(store, "t").client().create_experiment("t", (tmp_path / "artifacts").as_uri())
-    return load_spec({**tiny_spec, "tracking": {"mlflow": {"uri": store, "experiment": "t"}}})
+    MlflowTarget(store, name).client().create_experiment(name, (tmp_path / "artifacts").as_uri())
+    return load_spec({**tiny_spec, "tracking": {"mlflow": {"uri": store, "experiment": name}}})
 
 
 def only_run(target: MlflowTarget):
     client = target.client()
-    (found,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    (found,) = client.search_runs([client.get_experiment_by_name(target.experiment).experiment_id])
     return client, found
 
 
@@ -94,7 +101,7 @@ def test_trials_log_under_their_search(spec):
         with trials.tracked(trial_spec) as trial:
             trial.log({"x": 1.0})
     client = search.target.client()
-    experiment = client.get_experiment_by_name("t").experiment_id
+    experiment = client.get_experiment_by_name(search.target.experiment).experiment_id
     (child,) = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{search.run_id}'")
     assert child.data.tags["orchestrator.run_id"] == trial_spec.run_id != spec.run_id
 
