@@ -89,11 +89,6 @@ class WorkerLogFilter:
         return kept
 
 
-def kept_lines(lines: Iterable[str]) -> list[str]:
-    """``lines`` (of one process) without the known noise and the lines that belong to it."""
-    return WorkerLogFilter()(lines)
-
-
 class _DropMessages(logging.Filter):
     def __init__(self, start: str) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from orchestrator import log_noise
-from orchestrator.log_noise import WorkerLogFilter, kept_lines, quiet_ray_noise
+from orchestrator.log_noise import WorkerLogFilter, quiet_ray_noise
 
 #: As Ray's log monitor hands them to the driver (from a real run's output).
 PREEMPTION = (
@@ -37,7 +37,7 @@ def test_known_noise_goes_and_everything_else_stays():
         "  warnings.warn(",  # another warning's source line stays with that warning
         "[2026-12-02 04:23:05,436 E 421 453] core_worker.cc:99: a real error",
     ]
-    assert kept_lines(lines) == [lines[0], lines[4], lines[5], lines[6], lines[7]]
+    assert WorkerLogFilter()(lines, "w1") == [lines[0], lines[4], lines[5], lines[6], lines[7]]
 
 
 def test_a_warnings_source_line_in_the_next_batch_goes_too():
