@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from orchestrator.data.sources import canonical_columns, converted, parse_records
 from orchestrator.errors import BadRowsError
+from orchestrator.quantized import quantized_searches
 from orchestrator.spec import ANCHOR, LABEL, POSITIVE, SCORE, RetrievalEvalSpec
 from orchestrator.verdict import Evaluation
 
@@ -105,9 +106,24 @@ def per_query_metrics(
 
 
 class RetrievalEvaluator(InformationRetrievalEvaluator):
-    """The library's retrieval evaluator that also keeps each query's metric values."""
+    """The library's retrieval evaluator that also keeps each query's metric values, and the
+    embeddings it computed (quantized retrieval reuses them instead of embedding again)."""
 
     per_query: dict[str, np.ndarray]
+
+    def __call__(self, model: SentenceTransformer, *args: Any, **kwargs: Any) -> dict[str, float]:
+        self._embedded: dict[str, list[np.ndarray]] = {"query": [], "document": []}
+        return super().__call__(model, *args, **kwargs)
+
+    def embed_inputs(self, model: SentenceTransformer, sentences: Any, **kwargs: Any) -> Any:
+        embeddings = super().embed_inputs(model, sentences, **kwargs)
+        self._embedded[kwargs["encode_fn_name"]].append(embeddings.float().cpu().numpy())
+        return embeddings
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last call's (query, corpus) embeddings, rows in ``queries_ids``/``corpus_ids``
+        order (the corpus is embedded in chunks, in order)."""
+        return np.concatenate(self._embedded["query"]), np.concatenate(self._embedded["document"])
 
     def compute_metrics(self, queries_result_list: list[object]):
         ks = sorted(set(self.ndcg_at_k) | set(self.mrr_at_k) | set(self.accuracy_at_k))
@@ -222,7 +238,8 @@ def evaluate(model: SentenceTransformer, spec: ExperimentSpec) -> dict[str, floa
     """Run the held-out evaluators on a model; flat metric names, e.g. ``ndcg@10``.
 
     Each of ``eval.matryoshka_dims`` adds the retrieval metrics on truncated embeddings, named
-    ``dim<d>/ndcg@10``; each named set adds ``<name>/<metric>``.
+    ``dim<d>/ndcg@10``; each of ``eval.quantization`` those of quantized ones at every width,
+    ``int8/ndcg@10``, ``dim<d>/binary/ndcg@10``; each named set adds ``<name>/<metric>``.
     """
     return evaluate_per_query(model, spec)[0]
 
@@ -250,6 +267,10 @@ def evaluate_per_query(
             raw = evaluator(model)  # "heldout_cosine_ndcg@10"
             metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
             per_query.update({prefix + k: v for k, v in evaluator.per_query.items()})
+            if dim is None and not name and spec.eval.quantization:
+                found = _quantized_metrics(evaluator, spec)
+                metrics.update(found[0])
+                per_query.update(found[1])
     for name, held_out in spec.data.eval_sets.items():
         if held_out.kind == "retrieval":
             continue
@@ -258,6 +279,22 @@ def evaluate_per_query(
             metric = _set_metric(key, name)
             if metric in held_out.metrics:
                 metrics[f"{name}/{metric}"] = float(value)
+    return metrics, per_query
+
+
+def _quantized_metrics(
+    evaluator: RetrievalEvaluator, spec: ExperimentSpec
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``int8/ndcg@10``, ``dim64/binary/ndcg@10`` ... from the embeddings ``evaluator`` (full
+    width) just computed: see :mod:`orchestrator.quantized`."""
+    ks = sorted(set(spec.eval.k_values) | {10})
+    queries, corpus = evaluator.embeddings()
+    metrics, per_query = {}, {}
+    searches = quantized_searches(queries, corpus, evaluator.corpus_ids, spec, max(*ks, 100))
+    for prefix, hits in searches:
+        values = per_query_metrics(hits, evaluator.queries_ids, evaluator.relevant_docs, ks)
+        metrics.update({prefix + k: float(v.mean()) for k, v in sorted(values.items())})
+        per_query.update({prefix + k: v for k, v in values.items()})
     return metrics, per_query
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.published import without_home
-from orchestrator.spec import ExperimentSpec
+from orchestrator.quantized import BITS, bytes_per_vector
+from orchestrator.spec import METRIC_NAME, ExperimentSpec
 from orchestrator.verdict import headline
 
 if TYPE_CHECKING:
@@ -72,6 +73,83 @@ def comparison_table(judgement: Judgement, metrics: tuple[str, ...] = HEADLINE) 
     return "\n".join(rows)
 
 
+def precision_rows(judgement: Judgement) -> list[tuple[int, str, int, float, float, float]]:
+    """(width, precision, bytes per vector, base, fine-tuned, Δ) of the main retrieval metric at
+    every Matryoshka width and embedding precision evaluated; widest and most precise first.
+
+    Empty unless quantized or truncated embeddings were evaluated (``eval.quantization``,
+    ``eval.matryoshka_dims``) and the model's width is known.
+    """
+    main = METRIC_NAME.fullmatch(judgement.verdict.metric)
+    wanted = f"{main['kind']}@{main['k']}" if main else "ndcg@10"
+    full = judgement.embedding_dim
+    rows = []
+    for name, tuned in judgement.finetuned.items():
+        found = METRIC_NAME.fullmatch(name)
+        if not found or f"{found['kind']}@{found['k']}" != wanted or name not in judgement.baseline:
+            continue
+        width = int(found["dim"]) if found["dim"] else full
+        precision = found["precision"] or "float32"
+        base = judgement.baseline[name]
+        rows.append(
+            (width, precision, bytes_per_vector(width, precision), base, tuned, tuned - base)
+        )
+    if full is None or len(rows) < 2:
+        return []
+    return sorted(rows, key=lambda r: (-r[0], list(BITS).index(r[1])))
+
+
+def precision_table(judgement: Judgement) -> str:
+    """Markdown of :func:`precision_rows`; empty when there is nothing to compare."""
+    rows = precision_rows(judgement)
+    if not rows:
+        return ""
+    metric = METRIC_NAME.fullmatch(judgement.verdict.metric)
+    name = f"{metric['kind']}@{metric['k']}" if metric else "ndcg@10"
+    lines = [
+        f"| width | precision | bytes/vector | base {name} | fine-tuned | Δ |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for width, precision, size, base, tuned, delta in rows:
+        lines.append(
+            f"| {width} | {precision} | {size:,} | {base:.4f} | {tuned:.4f} | {delta:+.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_rows(judgement: Judgement) -> list[tuple[str, str, int, float, float, float]]:
+    """(format, file, bytes, main metric, Δ vs PyTorch, seconds to evaluate) per exported
+    format, PyTorch first; empty without ``export.formats``."""
+    main = judgement.verdict.metric
+    reference = judgement.finetuned.get(main)
+    rows = []
+    for exported in judgement.formats:
+        value = exported.metrics.get(main, float("nan"))
+        delta = value - reference if reference is not None else float("nan")
+        rows.append(
+            (exported.format, exported.file, exported.size_bytes, value, delta, exported.eval_s)
+        )
+    return rows
+
+
+def formats_table(judgement: Judgement) -> str:
+    """Markdown of :func:`format_rows`; empty without ``export.formats``."""
+    rows = format_rows(judgement)
+    if not rows:
+        return ""
+    main = judgement.verdict.metric
+    lines = [
+        f"| format | file | size | {main} | Δ vs PyTorch | time to evaluate |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for fmt, file, size, value, delta, seconds in rows:
+        lines.append(
+            f"| {fmt} | `{file}` | {size / 2**20:,.1f} MiB | {value:.4f} | {delta:+.4f} "
+            f"| {seconds:,.1f} s |"
+        )
+    return "\n".join(lines)
+
+
 def _training_lines(spec: ExperimentSpec, summary: RunSummary) -> list[str]:
     from orchestrator.estimate import negatives_phrase
 
@@ -102,6 +180,30 @@ def _training_lines(spec: ExperimentSpec, summary: RunSummary) -> list[str]:
     return lines
 
 
+def _runtime_use(summary: RunSummary) -> str:
+    """How to load the exported runtime formats, when there are any."""
+    files = {f.format: f.file for f in summary.formats if f.format != "pytorch"}
+    if not files:
+        return ""
+    lines = [
+        "The runtime formats are in the folders sentence-transformers' backends read "
+        "(with `sentence-transformers[onnx]` or `[openvino]` installed):",
+        "```python",
+    ]
+    for fmt, file in files.items():
+        backend = "openvino" if fmt == "openvino" else "onnx"
+        # The fp32 graphs are where the backends look by default; int8 is named.
+        named = f', model_kwargs={{"file_name": "{file}"}}' if fmt == "onnx_int8" else ""
+        lines.append(
+            f'model = SentenceTransformer("path/to/this/folder", backend="{backend}"{named})'
+        )
+    return "\n".join([*lines, "```", ""])
+
+
+def _section(title: str, table: str) -> str:
+    return f"\n## {title}\n{table}\n" if table else ""
+
+
 def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: RunSummary) -> None:
     """README.md (model card) plus metrics.json next to the exported weights."""
     figures = {"baseline": summary.baseline, "finetuned": summary.finetuned}
@@ -109,6 +211,13 @@ def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: RunSummary)
     (model_dir / "metrics.json").write_text(json.dumps({**figures, "verdict": verdict}, indent=2))
     _, outcome = headline(summary.verdict, summary.rejected)
     training = "\n".join(_training_lines(spec, summary))
+    widths = _section(
+        "Embedding width and precision (what an index of each would retrieve)",
+        precision_table(summary),
+    )
+    formats = _section(
+        "Exported formats (each evaluated through its own runtime)", formats_table(summary)
+    )
     card = f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
@@ -128,7 +237,7 @@ Data sources (each global batch is drawn from one source, chosen by weight):
 
 ## Held-out evaluation (base vs fine-tuned, same data, same evaluator)
 {comparison_table(summary)}
-
+{widths}{formats}
 ## Use
 ```python
 from sentence_transformers import SentenceTransformer
@@ -136,5 +245,5 @@ from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("path/to/this/folder")
 embeddings = model.encode(["first text", "second text"])
 ```
-"""
+{_runtime_use(summary)}"""
     (model_dir / "README.md").write_text(without_home(card))

@@ -8,7 +8,9 @@ fine-tuned model are evaluated one after the other by the same code on the same 
 3. with ``merge:``, each alpha of base/fine-tuned interpolation evaluated on the
    *validation* split, and the chosen one written over the export;
 4. the exported model on the test split; the verdict (Δ with its interval) and the guard's;
-5. the model card, then the folder published with its manifest last — as ``model/``, or as
+5. with ``export.formats``, each runtime format written into the folder and evaluated on the
+   test split through its runtime;
+6. the model card, then the folder published with its manifest last — as ``model/``, or as
    ``model.rejected/`` when the guard says the model forgot (unless the spec accepts that).
 """
 
@@ -27,12 +29,17 @@ from orchestrator.evaluation import Split, evaluate_split
 from orchestrator.export import export_model, write_model_card
 from orchestrator.layout import MODEL_DIR, REJECTED_DIR
 from orchestrator.modeling import interpolated, load_encoder
+from orchestrator.preflight import embedding_dim
+from orchestrator.runtimes import runtime_encoder, timed, write_formats
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import Location, publish
-from orchestrator.summary import Judgement, MergeChoice, RunSummary, Trained
+from orchestrator.summary import FormatFigures, Judgement, MergeChoice, RunSummary, Trained
 from orchestrator.verdict import Evaluation, guard_verdict, standard_error, verdict
 
 log = logging.getLogger("orchestrator")
+
+#: The transformer's weights in the exported SentenceTransformer folder.
+TORCH_WEIGHTS = "model.safetensors"
 
 
 def evaluate_model(spec: ExperimentSpec, model_path: str, split: Split = "test") -> Evaluation:
@@ -103,6 +110,46 @@ def pick_alpha(rows: list[dict[str, Any]], main: str, max_drop: float) -> dict[s
     return max(kept, key=lambda r: r[main]) if kept else min(rows, key=lambda r: r["guard_drop"])
 
 
+def evaluate_formats(
+    spec: ExperimentSpec, folder: Path, finetuned: Evaluation, torch_s: float
+) -> list[FormatFigures]:
+    """Write ``export.formats`` into the exported folder; evaluate each through its runtime.
+
+    The PyTorch weights come first, as the reference the formats are compared with.
+    """
+    if not spec.export.formats:
+        return []
+    weights = folder / TORCH_WEIGHTS
+    figures = [
+        FormatFigures(
+            format="pytorch",
+            file=TORCH_WEIGHTS,
+            size_bytes=weights.stat().st_size if weights.exists() else 0,
+            metrics=finetuned.metrics,
+            eval_s=round(torch_s, 2),
+        )
+    ]
+    for exported in write_formats(folder, spec.export.formats, spec.model):
+        model = runtime_encoder(str(folder), exported.format, spec.model)
+        evaluation, seconds = timed(evaluate_split, model, spec, "test")
+        figures.append(
+            FormatFigures(
+                format=exported.format,
+                file=exported.file,
+                size_bytes=exported.size_bytes,
+                metrics=evaluation.metrics,
+                eval_s=round(seconds, 2),
+            )
+        )
+        log.info(
+            "export %s: %s %.4f",
+            exported.format,
+            spec.eval.main_metric,
+            evaluation.metrics[spec.eval.main_metric],
+        )
+    return figures
+
+
 def model_with(model, state: dict[str, torch.Tensor]):
     model.load_state_dict(state)
     return model
@@ -116,7 +163,7 @@ def finalize(
     trained: Trained,
     baseline: Evaluation | None,
 ) -> tuple[Judgement, dict[str, float]]:
-    """Steps 1-5 above: the judgement, and the seconds its phases took."""
+    """Steps 1-6 above: the judgement, and the seconds its phases took."""
     timings = {}
     if baseline is None:
         started = time.time()
@@ -127,7 +174,8 @@ def finalize(
         folder = Path(scratch) / MODEL_DIR
         export_model(spec, base_path, checkpoint, str(folder))
         merge = choose_alpha(spec, base_path, folder) if spec.merge else None
-        finetuned = evaluate_model(spec, str(folder))
+        finetuned, torch_s = timed(evaluate_model, spec, str(folder))
+        formats = evaluate_formats(spec, folder, finetuned, torch_s)
         judged = verdict(spec.eval.main_metric, baseline, finetuned)
         guard = spec.eval.guard
         if guard:
@@ -144,6 +192,8 @@ def finalize(
             model_uri=target.uri,
             rejected=rejected,
             merge=merge,
+            embedding_dim=embedding_dim(str(folder)),
+            formats=formats,
         )
         write_model_card(folder, spec, RunSummary.of(trained, judgement, timings_s={}))
         metrics = {"baseline": baseline.metrics, "finetuned": finetuned.metrics}

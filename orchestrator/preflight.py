@@ -7,6 +7,7 @@ corpora and evaluation files exist, the base model can be found, Matryoshka dims
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -96,6 +97,7 @@ def preflight(spec: ExperimentSpec) -> list[str]:
     ):
         if dims and dim and max(dims) > dim:
             problems.append(f"{field}: {max(dims)} exceeds the model's embedding size {dim}")
+    problems.extend(missing_package_problems(spec))
     if problems:
         raise SpecError(problems, f"spec {spec.name!r}")
     warnings += temperature_warnings(spec)
@@ -160,6 +162,31 @@ def lora_target_problems(spec: ExperimentSpec) -> list[str]:
         f"lora.target_modules: {missing} are not modules of {spec.model.base}; its linear "
         f"layers are {linear}"
     ]
+
+
+#: The modules each optional step imports, and the extra that installs them.
+_NEEDS = {
+    "onnx": (("onnx", "onnxscript", "onnxruntime"), "export"),
+    "onnx_int8": (("onnx", "onnxscript", "onnxruntime"), "export"),
+    "openvino": (("onnx", "onnxscript", "openvino"), "export"),
+    "quantization": (("usearch",), "quantization"),
+}
+
+
+def missing_package_problems(spec: ExperimentSpec) -> list[str]:
+    """Formats and quantized evaluations whose packages are not installed: found now rather
+    than in the export task, after the training they would have ended."""
+    wanted = [(f"export.formats: {f}", _NEEDS[f]) for f in spec.export.formats]
+    if spec.eval.quantization:
+        wanted.append(("eval.quantization", _NEEDS["quantization"]))
+    problems = []
+    for field, (modules, extra) in wanted:
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(
+                f"{field} needs {', '.join(missing)}: pip install 'embedding-orchestrator[{extra}]'"
+            )
+    return problems
 
 
 def temperature_warnings(spec: ExperimentSpec) -> list[str]:

@@ -51,6 +51,22 @@ class MergeChoice:
 
 
 @dataclass(kw_only=True)
+class FormatFigures:
+    """One runtime format of ``export.formats`` as exported and evaluated on the test split.
+
+    ``metrics`` are the same evaluation as the fine-tuned PyTorch model's; ``eval_s`` the
+    seconds that evaluation took through the format's runtime (embedding and scoring the
+    test split), comparable across the formats of one run only.
+    """
+
+    format: str
+    file: str
+    size_bytes: int
+    metrics: dict[str, float]
+    eval_s: float
+
+
+@dataclass(kw_only=True)
 class Trained:
     """What training did, from the report that came with the final checkpoint."""
 
@@ -83,6 +99,8 @@ class Judgement:
     model_uri: str
     rejected: bool
     merge: MergeChoice | None = None
+    embedding_dim: int | None = None
+    formats: list[FormatFigures] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

@@ -44,6 +44,7 @@ from orchestrator.spec.evaluation import (
     EvalSpec,
     GuardSpec,
     LabeledPairsEvalSet,
+    Precision,
     RetrievalEvalSet,
     RetrievalEvalSpec,
     ScoredPairsEvalSet,
@@ -51,6 +52,7 @@ from orchestrator.spec.evaluation import (
     format_by_suffix,
 )
 from orchestrator.spec.experiment import ExperimentSpec, TestingSpec
+from orchestrator.spec.export import ExportFormat, ExportSpec
 from orchestrator.spec.load import SpecError, apply_overrides, load_spec, parse_spec, set_path
 from orchestrator.spec.loss import (
     LOSS_CLASSES,
@@ -95,6 +97,8 @@ __all__ = [
     "EvalSet",
     "EvalSpec",
     "ExperimentSpec",
+    "ExportFormat",
+    "ExportSpec",
     "GuardSpec",
     "GuideSpec",
     "InfoNCELoss",
@@ -107,6 +111,7 @@ __all__ = [
     "ModelSpec",
     "ParquetSource",
     "PathText",
+    "Precision",
     "RetrievalEvalSet",
     "RetrievalEvalSpec",
     "ScalingSpec",

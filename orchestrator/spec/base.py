@@ -60,3 +60,14 @@ def _endpoint_url(url: str | None) -> str | None:
 
 #: An S3-compatible endpoint: where to reach a store, never how to log in to it.
 EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_url)]
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"listed more than once: {', '.join(repeated)}")
+    return values
+
+
+#: A list whose entries each mean one thing to do (a format, a precision): none twice.
+Distinct = AfterValidator(_distinct)

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from orchestrator.spec.base import PathText, Section
+from orchestrator.spec.base import Distinct, PathText, Section
 from orchestrator.spec.columns import (
     LABELED_PAIRS,
     PAIRS,
@@ -118,8 +118,14 @@ EvalSet = Annotated[
 ]
 
 
-#: An evaluation metric name: ``ndcg@10``, or ``dim64/ndcg@10`` for embeddings cut to 64 dims.
-METRIC_NAME = re.compile(r"(?:dim(\d+)/)?(ndcg|mrr|map|recall|precision|accuracy)@(\d+)")
+#: An evaluation metric name: ``ndcg@10``; ``dim64/ndcg@10`` for embeddings cut to 64 dims;
+#: ``binary/ndcg@10``, ``dim64/int8/ndcg@10`` for quantized ones (``eval.quantization``).
+METRIC_NAME = re.compile(
+    r"(?:dim(?P<dim>\d+)/)?(?:(?P<precision>int8|binary)/)?"
+    r"(?P<kind>ndcg|mrr|map|recall|precision|accuracy)@(?P<k>\d+)"
+)
+#: Embedding precisions ``eval.quantization`` may add, beside float32.
+Precision = Literal["int8", "binary"]
 #: A metric of a named held-out set (``data.eval_sets``): ``refutes/accuracy``.
 SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+(?:@\d+)?)")
 
@@ -183,6 +189,16 @@ class EvalSpec(Section):
         default_factory=list,
         description="Also evaluate embeddings truncated to these dims; their metrics are "
         "named dim<d>/<metric>, e.g. dim64/ndcg@10.",
+    )
+    quantization: Annotated[list[Precision], Distinct] = Field(
+        default_factory=list,
+        description="Also evaluate quantized embeddings (int8: one byte a dimension; binary: "
+        "one bit, searched by Hamming distance, then the top candidates rescored with the "
+        "float query); their metrics are named int8/<metric>, dim64/binary/<metric>.",
+    )
+    rescore_multiplier: PositiveInt = Field(
+        default=4,
+        description="Binary search fetches this many times k candidates to rescore.",
     )
     guard: GuardSpec | None = Field(
         default=None,

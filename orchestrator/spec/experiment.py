@@ -13,6 +13,7 @@ from orchestrator.published import without_home
 from orchestrator.spec.base import CROSS_FIELD, Section
 from orchestrator.spec.data import DataSpec
 from orchestrator.spec.evaluation import METRIC_NAME, SET_METRIC_NAME, EvalSpec, RetrievalEvalSet
+from orchestrator.spec.export import ExportSpec
 from orchestrator.spec.loss import InfoNCELoss, Loss
 from orchestrator.spec.model import LoraSpec, MergeSpec, ModelSpec
 from orchestrator.spec.storage import StorageSpec
@@ -60,6 +61,10 @@ class ExperimentSpec(Section):
     eval: EvalSpec = Field(
         default_factory=EvalSpec,
         description="How held-out sets are evaluated, the metric of the verdict, the guard.",
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec,
+        description="Runtime formats (ONNX, OpenVINO) exported beside the model and evaluated.",
     )
     storage: StorageSpec = Field(
         default_factory=StorageSpec,
@@ -127,7 +132,9 @@ class ExperimentSpec(Section):
         guard = self.eval.guard
         if guard and (found := METRIC_NAME.fullmatch(guard.metric)):
             problems.append(
-                self._cutoff_problem("eval.guard.metric", guard.metric, found[2], int(found[3]))
+                self._cutoff_problem(
+                    "eval.guard.metric", guard.metric, found["kind"], int(found["k"])
+                )
             )
         if guard and (guard.name in self.data.eval_sets or re.fullmatch(r"dim\d+", guard.name)):
             problems.append(
@@ -162,16 +169,19 @@ class ExperimentSpec(Section):
             if self.data.eval is None:
                 sets = ", ".join(f"'{n}/{s.metrics[0]}'" for n, s in self.data.eval_sets.items())
                 return f"{field}: {name!r} needs data.eval (a retrieval set); or name {sets}"
-            if match[1] and int(match[1]) not in self.eval.matryoshka_dims:
-                return f"{field}: {name!r} needs {match[1]} in eval.matryoshka_dims"
-            return self._cutoff_problem(field, name, match[2], int(match[3]))
+            if match["dim"] and int(match["dim"]) not in self.eval.matryoshka_dims:
+                return f"{field}: {name!r} needs {match['dim']} in eval.matryoshka_dims"
+            if match["precision"] and match["precision"] not in self.eval.quantization:
+                return f"{field}: {name!r} needs {match['precision']} in eval.quantization"
+            return self._cutoff_problem(field, name, match["kind"], int(match["k"]))
         if match := SET_METRIC_NAME.fullmatch(name):
             held_out = self.data.eval_sets.get(match[1])
             if held_out is None:
                 return f"{field}: {name!r}: no set {match[1]!r} in data.eval_sets"
             if isinstance(held_out, RetrievalEvalSet):
-                if (found := METRIC_NAME.fullmatch(match[2])) and not found[1]:
-                    return self._cutoff_problem(field, name, found[2], int(found[3]))
+                plain = (found := METRIC_NAME.fullmatch(match[2])) and not found["dim"]
+                if plain and not found["precision"]:
+                    return self._cutoff_problem(field, name, found["kind"], int(found["k"]))
                 return f"{field}: a retrieval set reports metrics like '{match[1]}/ndcg@10'"
             if match[2] not in held_out.metrics:
                 return f"{field}: a {held_out.kind} set reports {', '.join(held_out.metrics)}"
