@@ -222,6 +222,12 @@ class TuneSpec(Section):
         train = spec.train
         if train.eval_every:
             interval = self.pbt_interval(train.eval_every, train.checkpoint_every)
+            if train.max_steps is not None and interval >= train.max_steps:
+                problems.append(
+                    f"tune.perturbation_interval: {interval} steps; training stops at "
+                    f"train.max_steps={train.max_steps} before pbt ever decides: set a "
+                    "smaller interval (or train.eval_every, train.checkpoint_every)"
+                )
             if interval % train.eval_every or interval % train.checkpoint_every:
                 problems.append(
                     f"tune.perturbation_interval: {interval} must be a multiple of "
