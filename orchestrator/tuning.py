@@ -34,6 +34,7 @@ import ray
 from ray import tune as ray_tune
 from ray.train.v2.api.callback import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.util.queue import Empty, Queue
 
 from orchestrator.checkpoints import checkpoint_at, latest_checkpoint
@@ -310,8 +311,11 @@ class _PerturbationReports(UserCallback):
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if self._metric not in metrics[0]:
             return
-        at_perturbation = checkpoint is not None and metrics[0]["step"] % self._interval == 0
-        self._reports.put((metrics[0], checkpoint if at_perturbation else None))
+        step, last = metrics[0]["step"], metrics[0]["total_steps"]
+        # The last step's checkpoint is left out: a trial copied from it would have nothing
+        # left to train, and would end with its donor's result as its own.
+        exploitable = checkpoint is not None and step % self._interval == 0 and step < last
+        self._reports.put((metrics[0], checkpoint if exploitable else None))
 
 
 def _run_pbt_trial(
@@ -537,16 +541,30 @@ def _scheduler(base: ExperimentSpec, max_steps: int):
     )
 
 
-def _population_based(base: ExperimentSpec):
+class _SideBySidePBT(PopulationBasedTraining):
+    """Ray Tune's PBT, except that it never pauses a running trial because another waits.
+
+    Ray's asynchronous PBT pauses every trial at a perturbation step while any trial is
+    pending or paused, to share the cluster among more trials than it fits. Here each restart
+    rebuilds a trial's Ray Train worker group and reloads its model (tens of seconds, more
+    than an interval of steps), and a trial being restored after an exploit counts as paused:
+    every other trial would be stopped and restarted along with it. Trials run side by side
+    instead; those beyond what runs at once wait for one to end.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE else decision
+
+
+def _population_based(base: ExperimentSpec) -> _SideBySidePBT:
     """Ray Tune's PBT over ``tune.space``, deciding at evaluations that are checkpoint steps.
 
     A list (choice, grid) mutates to a neighbouring value, a range by a factor of 0.8 or 1.2
     (kept inside the range), either one resampled at ``resample_probability``.
     """
-    from ray.tune.schedulers import PopulationBasedTraining
-
     spec, train = base.tune, base.train
-    return PopulationBasedTraining(
+    return _SideBySidePBT(
         time_attr="step",
         perturbation_interval=spec.pbt_interval(train.eval_every, train.checkpoint_every),
         hyperparam_mutations={path: _mutation(domain) for path, domain in spec.space.items()},
