@@ -364,8 +364,8 @@ def _run_pbt_trial(
 def _lineage(start: ray_tune.Checkpoint | None, trial_id: str, params: dict) -> list[Exploit]:
     """The exploits behind the weights a trial starts from: the donor's, and this one.
 
-    A trial restarted from its own checkpoint (paused by PBT to let others run, or a search
-    continued after an interruption) keeps its lineage.
+    A trial restarted from its own checkpoint (a search continued after an interruption)
+    keeps its lineage, and finds its segment's run folder again.
     """
     if start is None:
         return []
