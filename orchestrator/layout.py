@@ -12,6 +12,10 @@
         report.html, tensorboard/  for people
       <name>/tune-<id>/            a search: Tune's state, results.{csv,md}, metric_vs_step.png,
                                    summary.json; its trials train in run folders beside it
+        pbt/trial-<trial id>/<segment>/<name>/<run id>/
+                                   a population-based trial instead: one run folder per stretch
+                                   of training between exploits (segment ``start``, or
+                                   ``step-<n>-from-<donor>``), never where a plain run is found
 
 Readers (``runs list``, ``orchestrator pull``, jobs' results) and writers import the names from
 here, so a file is renamed in one place.
@@ -43,6 +47,10 @@ RESULTS_MD = "results.md"
 RESULTS_PLOT = "metric_vs_step.png"
 #: Tune's record of a trial's sampled values, in the trial's folder of the search.
 TRIAL_PARAMS_FILE = "params.json"
+#: A population-based search's trials: weights that no plain run of their values reproduces.
+PBT_TRIALS_DIR = "pbt"
+#: The segment of a population-based trial before its first exploit.
+PBT_START_SEGMENT = "start"
 
 
 def run_location(spec: ExperimentSpec) -> Location:
@@ -58,3 +66,9 @@ def tune_id(spec: ExperimentSpec) -> str:
 def tune_location(spec: ExperimentSpec) -> Location:
     """``<storage>/<name>/tune-<id>``: Tune's experiment state, results, plot and summary."""
     return Location.of(spec.storage).join(spec.name, tune_id(spec))
+
+
+def pbt_segment_storage(search: ExperimentSpec, trial_id: str, segment: str) -> Location:
+    """``<search>/pbt/trial-<id>/<segment>``: the storage root of one segment of a
+    population-based trial (its run folder is ``<name>/<run id>`` under it)."""
+    return tune_location(search).join(PBT_TRIALS_DIR, f"trial-{trial_id}", segment)

@@ -11,6 +11,7 @@ import logging
 import random
 from typing import Any
 
+from orchestrator.layout import PBT_START_SEGMENT, pbt_segment_storage
 from orchestrator.spec import (
     LOSS_CLASSES,
     ExperimentSpec,
@@ -44,6 +45,43 @@ def trial_spec(base: ExperimentSpec, params: dict[str, Any]) -> ExperimentSpec:
         except KeyError as exc:
             raise SpecError([f"tune.space.{path}: {exc.args[0]}"], origin) from None
     return parse_spec(raw, origin)
+
+
+#: One exploit of a population-based trial: it continued from ``trial``'s checkpoint at
+#: ``step``, with ``changes`` (path → [the donor's value, the mutated one]).
+Exploit = dict[str, Any]
+
+
+def pbt_trial_spec(
+    base: ExperimentSpec, params: dict[str, Any], trial_id: str, lineage: list[Exploit]
+) -> ExperimentSpec:
+    """A population-based trial's spec: :func:`trial_spec`, stored in the search's folder.
+
+    Its weights came from other trials' checkpoints, so no plain run with its final values
+    would produce them: it must neither be found by ``run`` nor resume from a plain run. Each
+    exploit starts a new segment (a run folder of its own, as its values changed); a trial
+    restarted without a new exploit (paused, interrupted) finds its segment again and resumes.
+    """
+    spec = trial_spec(base, params)
+    last = lineage[-1] if lineage else None
+    segment = f"step-{last['step']}-from-{last['trial']}" if last else PBT_START_SEGMENT
+    uri = pbt_segment_storage(base, trial_id, segment).uri
+    return spec.model_copy(update={"storage": spec.storage.model_copy(update={"uri": uri})})
+
+
+def exploit_record(donor: str, step: int, before: dict[str, Any], after: dict[str, Any]) -> Exploit:
+    """What one exploit changed: the donor's values that differ from the trial's new ones."""
+    changes = {p: [before.get(p), v] for p, v in after.items() if before.get(p) != v}
+    return {"trial": donor, "step": step, "changes": changes}
+
+
+def format_exploit(exploit: Exploit) -> str:
+    """``trial-<donor>@step <n> (train.lr 0.0001→8e-05)``, as the results table shows it."""
+    changes = ", ".join(
+        f"{path} {format_value(old)}→{format_value(new)}"
+        for path, (old, new) in exploit["changes"].items()
+    )
+    return f"trial-{exploit['trial']}@step {exploit['step']} ({changes or 'same values'})"
 
 
 def format_params(params: dict[str, Any]) -> str:

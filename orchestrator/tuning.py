@@ -10,6 +10,12 @@ with the same values finds it already trained.
 What does not depend on the sampled values is done once for all trials: compiling the
 sources, and evaluating the base model (the baseline every trial is compared
 with). :data:`orchestrator.spec.SEARCHABLE` keeps the search away from everything else.
+
+Population-based training (``tune.scheduler: pbt``) is the exception to "a trial is a run":
+Ray Tune's :class:`~ray.tune.schedulers.PopulationBasedTraining` restarts a trailing trial
+from a leading trial's checkpoint with mutated values, so its weights are no run's. Such a
+trial trains in the search's own folder (:func:`orchestrator.search_space.pbt_trial_spec`)
+and records its lineage (:func:`_run_pbt_trial`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +32,10 @@ from typing import Any
 
 import ray
 from ray import tune as ray_tune
+from ray.train.v2.api.callback import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+from ray.util.queue import Empty, Queue
 
 from orchestrator.checkpoints import checkpoint_at, latest_checkpoint
 from orchestrator.data.compile import CompiledData
@@ -53,13 +63,26 @@ from orchestrator.runner import (
     start,
     write_outputs,
 )
-from orchestrator.search_space import check_space, trial_spec
+from orchestrator.search_space import (
+    Exploit,
+    check_space,
+    exploit_record,
+    pbt_trial_spec,
+    trial_spec,
+)
 from orchestrator.spec import ExperimentSpec, SearchDomain, SpecError, TuneSpec, load_spec
 from orchestrator.storage import Location, arrow_storage, list_keys, read_text, write_text
 from orchestrator.summary import SearchSummary, read_run_summary, write_summary
 from orchestrator.tracking import TrialTracking, tracked
 from orchestrator.trainer import build_trainer
-from orchestrator.tune_report import REUSED, SKIPPED, TrialRow, trial_rows, write_report
+from orchestrator.tune_report import (
+    LINEAGE,
+    REUSED,
+    SKIPPED,
+    TrialRow,
+    trial_rows,
+    write_report,
+)
 from orchestrator.verdict import Evaluation
 
 log = logging.getLogger("orchestrator")
@@ -110,7 +133,7 @@ def _tune_holding(
         # The base model is evaluated after the search: the trials start sooner.
         baseline = evaluate_baseline(base, ready.model_path)
 
-        rows = trial_rows(grid, base, lambda params: trial_spec(base, params).run_id)
+        rows = trial_rows(grid, base, lambda row: trial_run_spec(base, row).run_id)
         table = write_report(location, base, rows, baseline.metrics)
         ended, expected = grid.num_terminated + grid.num_errors, expected_trials(base.tune)
         out_of_time = base.tune.time_budget_s and search_s >= base.tune.time_budget_s
@@ -156,7 +179,7 @@ def _publish(
     trials_log: TrialTracking,
 ) -> RunResult:
     """Export, evaluate and publish the best trial's final checkpoint, as ``run`` does."""
-    spec = trial_spec(base, row.params)
+    spec = trial_run_spec(base, row)
     location = run_location(spec)
     summary = read_run_summary(location)
     if summary is None:
@@ -176,12 +199,22 @@ def _publish(
     return RunResult.of(location, summary)
 
 
+def trial_run_spec(base: ExperimentSpec, row: TrialRow) -> ExperimentSpec:
+    """The spec a trial's run folder belongs to: a run's, or a population-based trial's."""
+    if base.tune.scheduler == "pbt":
+        return pbt_trial_spec(base, row.params, row.trial, row.lineage)
+    return trial_spec(base, row.params)
+
+
 def recorded_trial_runs(base: ExperimentSpec, location: Location) -> list[Location]:
     """The run folders of the trials an earlier search recorded (Tune's ``params.json``).
 
     Trials train in ordinary run folders (an identical run or trial is reused), so starting a
-    search over has to delete those too, or its trials would resume from them.
+    search over has to delete those too, or its trials would resume from them. A
+    population-based search has none: its trials train inside its own folder.
     """
+    if base.tune.scheduler == "pbt":
+        return []
     runs = []
     for key in list_keys(location):
         if not key.endswith(f"/{TRIAL_PARAMS_FILE}"):
@@ -237,8 +270,7 @@ def _run_trial(
         spec = trial_spec(base, params)
         preflight(spec)
     except SpecError as exc:
-        log.warning("skipping %s", exc)
-        ray_tune.report({metric: math.nan, "step": 0, SKIPPED: "; ".join(exc.problems)})
+        _skip(metric, exc)
         return
     steps = total_steps(spec, data.rows)
     location = run_location(spec)
@@ -254,6 +286,135 @@ def _run_trial(
         tracking.finished(None, location, [])
 
 
+def _skip(metric: str, exc: SpecError) -> None:
+    """End a trial whose values make an invalid spec, saying why in its result."""
+    log.warning("skipping %s", exc)
+    ray_tune.report({metric: math.nan, "step": 0, SKIPPED: "; ".join(exc.problems)})
+
+
+# --------------------------------------------------------------------------- one PBT trial
+
+
+class _PerturbationReports(UserCallback):
+    """Hand a population-based trial's evaluations to its trial function, with the
+    checkpoint of each perturbation step (where PBT may copy this trial into another).
+
+    Ray Train V2's :class:`TuneReportCallback` gives Tune the metrics only (a checkpoint
+    stays Ray Train's), but PBT can only exploit a checkpoint Tune holds: the trial function
+    reports it (:func:`_relay`). Runs in Ray Train's controller; ``reports`` holds one item,
+    so training waits while Tune is still taking the previous one, as with Tune's callback.
+    """
+
+    def __init__(self, metric: str, interval: int, reports: Queue) -> None:
+        self._metric, self._interval, self._reports = metric, interval, reports
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if self._metric not in metrics[0]:
+            return
+        step, last = metrics[0]["step"], metrics[0]["total_steps"]
+        # The last step's checkpoint is left out: a trial copied from it would have nothing
+        # left to train, and would end with its donor's result as its own.
+        exploitable = checkpoint is not None and step % self._interval == 0 and step < last
+        self._reports.put((metrics[0], checkpoint if exploitable else None))
+
+
+def _run_pbt_trial(
+    config: dict[str, Any],
+    base_json: dict[str, Any],
+    model_path: str,
+    data: CompiledData,
+    trials_log: TrialTracking,
+) -> None:
+    """One trial of population-based training: :func:`_run_trial`, except where it trains,
+    what it starts from and what it reports.
+
+    After an exploit, Tune restarts the trial with the mutated ``config`` and the donor's
+    checkpoint (``ray.tune.get_checkpoint``). The trial resumes from it as ``run
+    --resume-from`` does: the donor's weights, optimizer moments, step and data positions,
+    its own values from there on (the loss is built with the new τ/margin/weights;
+    :func:`orchestrator.optimizer.restore_schedule` replaces the schedule's base lr).
+    Continuing the donor's step and data position is standard PBT: the population shares one
+    clock (``step``), which PBT's perturbation interval counts.
+    """
+    base = ExperimentSpec.model_validate(base_json)
+    metric = base.tune.metric_key
+    params = base.tune.trial_params(config)
+    trial_id = ray_tune.get_context().get_trial_id()
+    start = ray_tune.get_checkpoint()
+    lineage = _lineage(start, trial_id, params)
+    try:
+        spec = pbt_trial_spec(base, params, trial_id, lineage)
+        preflight(spec)
+    except SpecError as exc:
+        _skip(metric, exc)
+        return
+    location = run_location(spec)
+    write_text(location.join(SPEC_FILE), spec.published_yaml())
+    origin = _checkpoint_location(start, Location.of(spec.storage)) if start else None
+    interval = base.tune.pbt_interval(spec.train.eval_every, spec.train.checkpoint_every)
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    with trials_log.tracked(spec) as tracking:
+        callbacks = [_PerturbationReports(metric, interval, reports), *tracking.callbacks()]
+        steps = total_steps(spec, data.rows)
+        trainer = build_trainer(spec, model_path, steps, data, origin, callbacks)
+        _relay(trainer, reports, {"trial": trial_id, "params": params, LINEAGE: lineage})
+        tracking.finished(None, location, [])
+
+
+def _lineage(start: ray_tune.Checkpoint | None, trial_id: str, params: dict) -> list[Exploit]:
+    """The exploits behind the weights a trial starts from: the donor's, and this one.
+
+    A trial restarted from its own checkpoint (a search continued after an interruption)
+    keeps its lineage, and finds its segment's run folder again.
+    """
+    if start is None:
+        return []
+    donor = start.get_metadata()
+    if donor["trial"] == trial_id:
+        return donor[LINEAGE]
+    return [*donor[LINEAGE], exploit_record(donor["trial"], donor["step"], donor["params"], params)]
+
+
+def _checkpoint_location(checkpoint: ray_tune.Checkpoint, storage: Location) -> Location:
+    """A checkpoint in the search's storage as a :class:`Location` (Tune gives a path)."""
+    return Location(
+        f"s3://{checkpoint.path}" if storage.is_remote else checkpoint.path, *storage.connection
+    )
+
+
+def _relay(trainer, reports: Queue, trial: dict[str, Any]) -> None:
+    """Fit the trainer; report each evaluation to Tune, with the checkpoint PBT may exploit.
+
+    Tune copies a reported checkpoint into the trial's folder of the search, so a donor's
+    state outlives its run's own rotation (``storage.keep_checkpoints``); ``trial`` (who,
+    with which values and lineage) goes with it as the checkpoint's metadata, for
+    :func:`_lineage`, and the lineage with every result, for the results table. The
+    trainer fits in a daemon thread: when PBT pauses or stops the trial, Tune ends this
+    thread at its next report, and the trial's actor exits with Ray Train's (its children).
+    """
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # re-raised in the trial function, as Tune expects
+            failure.append(exc)
+
+    fitting = threading.Thread(target=fit, name="pbt-trial-fit", daemon=True)
+    fitting.start()
+    while fitting.is_alive() or not reports.empty():
+        try:
+            metrics, checkpoint = reports.get(timeout=1.0)
+        except Empty:
+            continue
+        if checkpoint is not None:
+            checkpoint.set_metadata({**trial, "step": metrics["step"]})
+            checkpoint = ray_tune.Checkpoint(checkpoint.path, checkpoint.filesystem)
+        ray_tune.report({**metrics, LINEAGE: trial[LINEAGE]}, checkpoint=checkpoint)
+    if failure:
+        raise failure[0]
+
+
 # --------------------------------------------------------------------------- Tune's configuration
 
 
@@ -266,9 +427,10 @@ def _tuner(
 ) -> ray_tune.Tuner:
     """A new Tuner, or the interrupted one restored with its finished trials kept."""
     data = ready.data
+    trial_function = _run_pbt_trial if base.tune.scheduler == "pbt" else _run_trial
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
-            _run_trial,
+            trial_function,
             base_json=base.model_dump(mode="json"),
             model_path=ready.model_path,
             data=data,
@@ -366,6 +528,8 @@ def _scheduler(base: ExperimentSpec, max_steps: int):
     spec = base.tune
     if spec.scheduler == "fifo":
         return FIFOScheduler()
+    if spec.scheduler == "pbt":
+        return _population_based(base)
     return ASHAScheduler(
         time_attr="step",
         max_t=max_steps,
@@ -375,6 +539,55 @@ def _scheduler(base: ExperimentSpec, max_steps: int):
         # intact) rather than being stopped by Tune while it reports.
         stop_last_trials=False,
     )
+
+
+class _SideBySidePBT(PopulationBasedTraining):
+    """Ray Tune's PBT, except that it never pauses a running trial because another waits.
+
+    Ray's asynchronous PBT pauses every trial at a perturbation step while any trial is
+    pending or paused, to share the cluster among more trials than it fits. Here each restart
+    rebuilds a trial's Ray Train worker group and reloads its model (tens of seconds, more
+    than an interval of steps), and a trial being restored after an exploit counts as paused:
+    every other trial would be stopped and restarted along with it. Trials run side by side
+    instead; those beyond what runs at once wait for one to end.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE else decision
+
+
+def _population_based(base: ExperimentSpec) -> _SideBySidePBT:
+    """Ray Tune's PBT over ``tune.space``, deciding at evaluations that are checkpoint steps.
+
+    A list (choice, grid) mutates to a neighbouring value, a range by a factor of 0.8 or 1.2
+    (kept inside the range), either one resampled at ``resample_probability``.
+    """
+    spec, train = base.tune, base.train
+    return _SideBySidePBT(
+        time_attr="step",
+        perturbation_interval=spec.pbt_interval(train.eval_every, train.checkpoint_every),
+        hyperparam_mutations={path: _mutation(domain) for path, domain in spec.space.items()},
+        quantile_fraction=spec.quantile_fraction,
+        resample_probability=spec.resample_probability,
+        custom_explore_fn=partial(_within_bounds, spec.space),
+    )
+
+
+def _mutation(domain: SearchDomain):
+    """What PBT mutates a dimension within: the listed values, or the range's Tune domain."""
+    if domain.kind in ("choice", "grid"):
+        return domain.candidates()
+    return _tune_domain(domain)
+
+
+def _within_bounds(space: dict[str, SearchDomain], config: dict[str, Any]) -> dict[str, Any]:
+    """PBT scales a value regardless of its range: clip it back in (a τ stays within (0, 1])."""
+    for path, domain in space.items():
+        bounds = domain.uniform or domain.loguniform or domain.randint
+        if bounds and path in config:
+            config[path] = min(max(config[path], bounds[0]), bounds[1])
+    return config
 
 
 def _concurrency(base: ExperimentSpec, candidates: list[ExperimentSpec]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +21,14 @@ SEARCHABLE = re.compile(
     r"(loss|lora)(\..+)?|train\.(?!eval_every$).+|scaling\..+|data\.sources\.[^.]+\.weight"
     r"|data\.shuffle(_window)?|data\.bucket_window|model\.attention_dropout"
 )
+
+#: Paths population-based training may mutate: a trial restored from another trial's
+#: checkpoint takes them at once. The learning rate replaces the schedule's base lr from the
+#: checkpoint's step on (:func:`orchestrator.optimizer.restore_schedule`); the loss settings
+#: are read when the loss is built. Anything else either shapes the weights or data a
+#: checkpoint holds (LoRA, batch, loss kind, sources) or is overwritten by the restored
+#: optimizer state (weight decay), so a mutation would silently not apply.
+MUTABLE = re.compile(r"train\.lr|loss\.(temperature|margin|matryoshka_weights)")
 
 
 #: The kinds of search domain, as they are written in a spec.
@@ -100,14 +109,35 @@ class TuneSpec(Section):
     search: Literal["random", "optuna"] = Field(
         default="random", description="random (grids enumerated) or Optuna's TPE sampler."
     )
-    scheduler: Literal["asha", "fifo"] = Field(
-        default="asha", description="asha: stop trials that trail at an evaluation; fifo: never."
+    scheduler: Literal["asha", "fifo", "pbt"] = Field(
+        default="asha",
+        description="asha: stop trials that trail at an evaluation; fifo: never; pbt: "
+        "population-based training (trials that trail continue from a leader's checkpoint "
+        "with mutated values).",
     )
     grace_period: PositiveInt | None = Field(
         default=None, description="Steps before ASHA may stop a trial; None: train.eval_every."
     )
     reduction_factor: float = Field(
         default=2.0, gt=1.0, description="ASHA keeps the top 1/reduction_factor at each rung."
+    )
+    perturbation_interval: PositiveInt | None = Field(
+        default=None,
+        description="PBT: steps between exploit/explore decisions; a multiple of "
+        "train.eval_every and train.checkpoint_every. None: their least common multiple.",
+    )
+    quantile_fraction: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=0.5,
+        description="PBT: the bottom fraction of trials continues from the top fraction.",
+    )
+    resample_probability: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="PBT: chance that a mutated value is drawn anew from its domain instead of "
+        "scaled by 0.8/1.2 (a range) or moved to a neighbour (a list).",
     )
     time_budget_s: PositiveFloat | None = Field(
         default=None, description="Stop starting and running trials after this many seconds."
@@ -124,6 +154,11 @@ class TuneSpec(Section):
             if path in config and domain.applies(chosen):
                 chosen[path] = config[path]
         return chosen
+
+    def pbt_interval(self, eval_every: int, checkpoint_every: int) -> int:
+        """Steps between PBT decisions: each falls on a step that both evaluates (PBT
+        compares the metric) and checkpoints (a trial that trails needs a leader's state)."""
+        return self.perturbation_interval or math.lcm(eval_every, checkpoint_every)
 
     @property
     def metric_key(self) -> str:
@@ -161,4 +196,43 @@ class TuneSpec(Section):
             ):
                 problems.append(f"{where}: optuna chooses among single values, not lists/maps")
             seen.append(path)
+        if self.scheduler == "pbt":
+            problems.extend(self._pbt_problems(spec))
+        return problems
+
+    def _pbt_problems(self, spec: ExperimentSpec) -> list[str]:
+        """What population-based training cannot do: mutations that would not take effect
+        mid-training, a sampler that would fight PBT over the values, decisions between
+        evaluations or checkpoints."""
+        problems = []
+        if self.search != "random":
+            problems.append(
+                "tune.search: pbt chooses the values itself after the first sample; use random"
+            )
+        for path, domain in self.space.items():
+            where = f"tune.space.{path}"
+            if not MUTABLE.fullmatch(path):
+                problems.append(
+                    f"{where}: pbt changes values mid-training, which only train.lr, "
+                    "loss.temperature, loss.margin and loss.matryoshka_weights can; search "
+                    "the rest with asha or fifo"
+                )
+            if domain.when:
+                problems.append(f"{where}.when: pbt mutates every parameter; drop the condition")
+        train = spec.train
+        if train.eval_every:
+            interval = self.pbt_interval(train.eval_every, train.checkpoint_every)
+            if train.max_steps is not None and interval >= train.max_steps:
+                problems.append(
+                    f"tune.perturbation_interval: {interval} steps; training stops at "
+                    f"train.max_steps={train.max_steps} before pbt ever decides: set a "
+                    "smaller interval (or train.eval_every, train.checkpoint_every)"
+                )
+            if interval % train.eval_every or interval % train.checkpoint_every:
+                problems.append(
+                    f"tune.perturbation_interval: {interval} must be a multiple of "
+                    f"train.eval_every ({train.eval_every}) and train.checkpoint_every "
+                    f"({train.checkpoint_every}): pbt decides at an evaluation and restores "
+                    "from a checkpoint of that step"
+                )
         return problems
