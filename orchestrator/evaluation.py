@@ -322,7 +322,10 @@ def guard_spec(spec: ExperimentSpec, split: Split) -> ExperimentSpec | None:
     retrieval = RetrievalEvalSpec(**files, max_queries=held_out.max_queries)
     data = spec.data.model_copy(update={"eval": retrieval, "eval_sets": {}})
     return spec.model_copy(
-        update={"data": data, "eval": spec.eval.model_copy(update={"matryoshka_dims": []})}
+        update={
+            "data": data,
+            "eval": spec.eval.model_copy(update={"matryoshka_dims": [], "quantization": []}),
+        }
     )
 
 

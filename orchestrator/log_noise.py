@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,6 +59,16 @@ DRIVER_NOISE = (
         "Token authentication is enabled for this Ray cluster",
         "a local Ray instance starts with token authentication, the secure default; there is "
         "nothing to act on (the warning for a cluster *without* it is kept).",
+    ),
+)
+
+
+#: Python warnings of the driver: (start of the message, why it is harmless).
+DRIVER_WARNINGS = (
+    (
+        "Consider boosting PBT performance by enabling `reuse_actors`",
+        "Tune suggests reusing a trial's actor after an exploit; a trial here only drives its "
+        "own Ray Train worker group, which is rebuilt either way, so there is nothing to reuse.",
     ),
 )
 
@@ -111,3 +122,10 @@ def quiet_ray_noise() -> None:
             logger.removeFilter(old)
         if not show_all:
             logger.addFilter(_DropMessages(start))
+    for start, _ in DRIVER_WARNINGS:
+        pattern = re.escape(start)
+        warnings.filters[:] = [
+            f for f in warnings.filters if getattr(f[1], "pattern", None) != pattern
+        ]
+        if not show_all:
+            warnings.filterwarnings("ignore", message=pattern)

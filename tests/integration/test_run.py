@@ -110,7 +110,8 @@ def test_resume_continues_at_the_checkpoint_step(first_run, tmp_path):
 
 
 def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, corpora, tmp_path):
-    """LoRA adapters train, bf16 autocast runs on CPU, and the export is a plain merged model."""
+    """LoRA adapters train, bf16 autocast runs on CPU, and the export is a plain merged model;
+    its ONNX and OpenVINO formats and its quantized embeddings are evaluated beside it."""
     from sentence_transformers import SentenceTransformer
 
     from orchestrator import run
@@ -121,6 +122,8 @@ def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, 
     spec["loss"] = {"kind": "mnrl", "temperature": 0.1, "matryoshka_dims": [32, 16]}
     spec["train"].update(max_steps=2, precision="bf16", lr=1e-2)
     spec["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
+    spec["eval"] = {"batch_size": 16, "matryoshka_dims": [16], "quantization": ["int8", "binary"]}
+    spec["export"] = {"formats": ["onnx", "onnx_int8", "openvino"]}
     result = run(spec)
 
     assert result.summary.steps == 2
@@ -135,6 +138,26 @@ def test_lora_bf16_matryoshka_run_exports_merged_model(ray_cluster, tiny_model, 
     text = ["the boat is green and shiny"]
     assert model.encode(text).shape == (1, 32)
     assert abs(model.encode(text) - base.encode(text)).max() > 1e-4, "LoRA changed the weights"
+
+    summary = result.summary
+    assert [f.format for f in summary.formats] == ["pytorch", "onnx", "onnx_int8", "openvino"]
+    for exported in summary.formats:
+        assert (result.model_dir / exported.file).is_file() and exported.size_bytes > 0
+        assert set(exported.metrics) == set(summary.finetuned)  # the same evaluation
+    torch_figures, onnx, _, openvino = summary.formats
+    for fp32 in (onnx, openvino):  # the same model through another runtime
+        assert fp32.metrics["ndcg@10"] == pytest.approx(torch_figures.metrics["ndcg@10"], abs=1e-3)
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    published = {entry["path"] for entry in manifest["files"]}
+    assert {"onnx/model.onnx", "openvino/openvino_model.bin"} <= published
+    assert {"int8/ndcg@10", "binary/ndcg@10", "dim16/binary/ndcg@10"} <= set(summary.baseline)
+    assert summary.embedding_dim == 32
+    card = (result.model_dir / "README.md").read_text()
+    assert "| 32 | binary | 4 |" in card and "| 16 | int8 | 16 |" in card
+    assert "| onnx_int8 | `onnx/model_qint8.onnx` |" in card
+    assert 'backend="openvino"' in card
+    page = (result.run_dir / "report.html").read_text()
+    assert "<h2>Exported formats</h2>" in page and "<h2>Embedding width and precision</h2>" in page
 
 
 def test_rerunning_a_finished_spec_returns_its_result_or_reuses_its_checkpoint(first_run):

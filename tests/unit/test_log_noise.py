@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 
 import pytest
 
@@ -55,6 +56,7 @@ def test_a_warnings_source_line_in_the_next_batch_goes_too():
 def test_every_noise_says_why_it_is_harmless():
     assert all(len(noise.why) > 40 for noise in log_noise.WORKER_NOISE)
     assert all(len(why) > 40 for _, _, why in log_noise.DRIVER_NOISE)
+    assert all(len(why) > 40 for _, why in log_noise.DRIVER_WARNINGS)
 
 
 @pytest.fixture
@@ -68,6 +70,7 @@ def unfiltered(monkeypatch):
     for name, _, _ in log_noise.DRIVER_NOISE:
         monkeypatch.setattr(logging.getLogger(name), "filters", [])
     monkeypatch.delenv(log_noise.VERBOSE_ENV, raising=False)
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
     return worker
 
 
@@ -104,3 +107,19 @@ def test_driver_records_of_the_noise_are_dropped_and_others_kept(unfiltered, cap
     assert [r.getMessage()[:40] for r in caplog.records] == [
         "Token authentication is disabled for thi"
     ]
+
+
+def test_driver_warnings_of_the_noise_are_dropped_until_verbose(unfiltered, monkeypatch):
+    """Tune's advice to reuse actors under PBT (``warnings.warn`` in ``tune.run``)."""
+    advice = "Consider boosting PBT performance by enabling `reuse_actors` as well as ..."
+    quiet_ray_noise()
+    quiet_ray_noise()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what catch_warnings resets: ours must still apply
+        quiet_ray_noise()
+        warnings.warn(advice, stacklevel=1)
+        warnings.warn("Something else about PBT", stacklevel=1)
+        monkeypatch.setenv(log_noise.VERBOSE_ENV, "1")
+        quiet_ray_noise()
+        warnings.warn(advice, stacklevel=1)
+    assert [str(w.message)[:24] for w in caught] == ["Something else about PBT", advice[:24]]
