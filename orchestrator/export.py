@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,8 @@ def precision_rows(judgement: Judgement) -> list[tuple[int, str, int, float, flo
     main = METRIC_NAME.fullmatch(judgement.verdict.metric)
     wanted = f"{main['kind']}@{main['k']}" if main else "ndcg@10"
     full = judgement.embedding_dim
+    if full is None:  # a summary from before the width was recorded
+        return []
     rows = []
     for name, tuned in judgement.finetuned.items():
         found = METRIC_NAME.fullmatch(name)
@@ -94,27 +96,45 @@ def precision_rows(judgement: Judgement) -> list[tuple[int, str, int, float, flo
         rows.append(
             (width, precision, bytes_per_vector(width, precision), base, tuned, tuned - base)
         )
-    if full is None or len(rows) < 2:
+    if len(rows) < 2:
         return []
     return sorted(rows, key=lambda r: (-r[0], list(BITS).index(r[1])))
 
 
-def precision_table(judgement: Judgement) -> str:
-    """Markdown of :func:`precision_rows`; empty when there is nothing to compare."""
+@dataclass(frozen=True)
+class Table:
+    """A table of the card and the report: text cells, numbers formatted; the columns from
+    ``numeric_from`` on are figures (right-aligned), a header starting with Δ holds deltas."""
+
+    name: str  # its class in the report page
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    numeric_from: int
+
+    def markdown(self) -> str:
+        align = ["---"] * self.numeric_from + ["---:"] * (len(self.header) - self.numeric_from)
+        lines = [self.header, align, *self.rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def precision_table(judgement: Judgement) -> Table | None:
+    """:func:`precision_rows` as a table; None when there is nothing to compare."""
     rows = precision_rows(judgement)
     if not rows:
-        return ""
+        return None
     metric = METRIC_NAME.fullmatch(judgement.verdict.metric)
     name = f"{metric['kind']}@{metric['k']}" if metric else "ndcg@10"
-    lines = [
-        f"| width | precision | bytes/vector | base {name} | fine-tuned | Δ |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for width, precision, size, base, tuned, delta in rows:
-        lines.append(
-            f"| {width} | {precision} | {size:,} | {base:.4f} | {tuned:.4f} | {delta:+.4f} |"
-        )
-    return "\n".join(lines)
+    return Table(
+        name="precision",
+        title="Embedding width and precision (what an index of such vectors would retrieve)",
+        header=["width", "precision", "bytes/vector", f"base {name}", "fine-tuned", "Δ"],
+        rows=[
+            [str(w), p, f"{size:,}", f"{base:.4f}", f"{tuned:.4f}", f"{delta:+.4f}"]
+            for w, p, size, base, tuned, delta in rows
+        ],
+        numeric_from=2,
+    )
 
 
 def format_rows(judgement: Judgement) -> list[tuple[str, str, int, float, float, float]]:
@@ -132,22 +152,35 @@ def format_rows(judgement: Judgement) -> list[tuple[str, str, int, float, float,
     return rows
 
 
-def formats_table(judgement: Judgement) -> str:
-    """Markdown of :func:`format_rows`; empty without ``export.formats``."""
+def formats_table(judgement: Judgement) -> Table | None:
+    """:func:`format_rows` as a table; None without ``export.formats``."""
     rows = format_rows(judgement)
     if not rows:
-        return ""
-    main = judgement.verdict.metric
-    lines = [
-        f"| format | file | size | {main} | Δ vs PyTorch | time to evaluate |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for fmt, file, size, value, delta, seconds in rows:
-        lines.append(
-            f"| {fmt} | `{file}` | {size / 2**20:,.1f} MiB | {value:.4f} | {delta:+.4f} "
-            f"| {seconds:,.1f} s |"
-        )
-    return "\n".join(lines)
+        return None
+    return Table(
+        name="formats",
+        title="Exported formats (each evaluated through its own runtime)",
+        header=[
+            "format",
+            "file",
+            "size",
+            judgement.verdict.metric,
+            "Δ vs PyTorch",
+            "time to evaluate",
+        ],
+        rows=[
+            [
+                fmt,
+                f"`{file}`",
+                f"{size / 2**20:,.1f} MiB",
+                f"{value:.4f}",
+                f"{delta:+.4f}",
+                f"{seconds:,.1f} s",
+            ]
+            for fmt, file, size, value, delta, seconds in rows
+        ],
+        numeric_from=2,
+    )
 
 
 def _training_lines(spec: ExperimentSpec, summary: RunSummary) -> list[str]:
@@ -200,10 +233,6 @@ def _runtime_use(summary: RunSummary) -> str:
     return "\n".join([*lines, "```", ""])
 
 
-def _section(title: str, table: str) -> str:
-    return f"\n## {title}\n{table}\n" if table else ""
-
-
 def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: RunSummary) -> None:
     """README.md (model card) plus metrics.json next to the exported weights."""
     figures = {"baseline": summary.baseline, "finetuned": summary.finetuned}
@@ -211,12 +240,10 @@ def write_model_card(model_dir: Path, spec: ExperimentSpec, summary: RunSummary)
     (model_dir / "metrics.json").write_text(json.dumps({**figures, "verdict": verdict}, indent=2))
     _, outcome = headline(summary.verdict, summary.rejected)
     training = "\n".join(_training_lines(spec, summary))
-    widths = _section(
-        "Embedding width and precision (what an index of each would retrieve)",
-        precision_table(summary),
-    )
-    formats = _section(
-        "Exported formats (each evaluated through its own runtime)", formats_table(summary)
+    tables = "".join(
+        f"\n## {table.title}\n{table.markdown()}\n"
+        for table in (precision_table(summary), formats_table(summary))
+        if table
     )
     card = f"""---
 library_name: sentence-transformers
@@ -237,7 +264,7 @@ Data sources (each global batch is drawn from one source, chosen by weight):
 
 ## Held-out evaluation (base vs fine-tuned, same data, same evaluator)
 {comparison_table(summary)}
-{widths}{formats}
+{tables}
 ## Use
 ```python
 from sentence_transformers import SentenceTransformer

@@ -15,7 +15,7 @@ import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.export import HEADLINE, compared, format_rows, precision_rows
+from orchestrator.export import HEADLINE, Table, compared, formats_table, precision_table
 from orchestrator.plots import new_axes, to_png
 from orchestrator.step_report import EVAL_PREFIX, StepReport
 from orchestrator.verdict import headline
@@ -61,7 +61,7 @@ def render_html(history: list[StepReport], summary: RunSummary) -> str:
 {_verdict_html(summary)}
 <h2>Held-out evaluation: base vs fine-tuned</h2>
 {_comparison_html(summary)}
-{_precision_html(summary)}{_formats_html(summary)}<h2>Training</h2>
+{_table_html(precision_table(summary))}{_table_html(formats_table(summary))}<h2>Training</h2>
 {curves or "<p>No training reports were recorded.</p>"}
 <h2>Run facts</h2>
 {_facts_html(summary)}
@@ -138,57 +138,25 @@ def _comparison_html(summary: RunSummary) -> str:
     return f'<table class="comparison">{header}{"".join(rows)}</table>'
 
 
-def _table_html(header: list[str], rows: list[list[str]], numeric_from: int) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+def _table_html(table: Table | None) -> str:
+    """A card table as HTML: cells escaped, figures right-aligned, deltas coloured by sign."""
+    if table is None:
+        return ""
+    deltas = {i for i, name in enumerate(table.header) if name.startswith("Δ")}
+
+    def cell(i: int, text: str) -> str:
+        text = _e(text.strip("`"))
+        if i in deltas:
+            return f'<td class="num {_delta_class(float(text))}">{text}</td>'
+        return f'<td class="num">{text}</td>' if i >= table.numeric_from else f"<td>{text}</td>"
+
+    head = "".join(f"<th>{_e(h)}</th>" for h in table.header)
     body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{cell}</td>' if i >= numeric_from else f"<td>{cell}</td>"
-            for i, cell in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
+        "<tr>" + "".join(cell(i, text) for i, text in enumerate(row)) + "</tr>"
+        for row in table.rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _precision_html(summary: RunSummary) -> str:
-    """Each width and precision: what an index of such vectors would retrieve, and its size."""
-    rows = [
-        [
-            str(width),
-            _e(precision),
-            f"{size:,}",
-            f"{base:.4f}",
-            f"{tuned:.4f}",
-            f'<span class="{_delta_class(delta)}">{delta:+.4f}</span>',
-        ]
-        for width, precision, size, base, tuned, delta in precision_rows(summary)
-    ]
-    if not rows:
-        return ""
-    header = ["width", "precision", "bytes/vector", "base", "fine-tuned", "Δ"]
-    return "<h2>Embedding width and precision</h2>\n" + _table_html(header, rows, 2) + "\n"
-
-
-def _formats_html(summary: RunSummary) -> str:
-    """Each exported format evaluated through its runtime, against the PyTorch weights."""
-    rows = [
-        [
-            _e(fmt),
-            f"<code>{_e(file)}</code>",
-            f"{size / 2**20:,.1f} MiB",
-            f"{value:.4f}",
-            f'<span class="{_delta_class(delta)}">{delta:+.4f}</span>',
-            f"{seconds:,.1f} s",
-        ]
-        for fmt, file, size, value, delta, seconds in format_rows(summary)
-    ]
-    if not rows:
-        return ""
-    main = summary.verdict.metric
-    header = ["format", "file", "size", main, "Δ vs PyTorch", "time to evaluate"]
-    return "<h2>Exported formats</h2>\n" + _table_html(header, rows, 2) + "\n"
+    title = table.title.split(" (")[0]
+    return f'<h2>{_e(title)}</h2>\n<table class="{table.name}"><tr>{head}</tr>{body}</table>\n'
 
 
 def _fmt(value: Any) -> str:

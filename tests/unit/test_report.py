@@ -324,3 +324,59 @@ def test_a_merge_search_adds_its_trade_off_plot_and_a_fact():
     text = " ".join(page.text)
     assert "alpha 0.5 of the fine-tuned weights' change" in text
     assert "general ability kept: nq/ndcg@10 0.8000 -> 0.7970" in text
+
+
+def test_widths_precisions_and_formats_get_their_own_tables(tiny_spec, tmp_path):
+    from orchestrator.export import write_model_card
+    from orchestrator.spec import load_spec
+    from orchestrator.summary import FormatFigures
+
+    summary = make_summary(improved=True)
+    summary.baseline.update({"binary/ndcg@10": 0.3500, "dim64/int8/ndcg@10": 0.2900})
+    summary.finetuned.update({"binary/ndcg@10": 0.4800, "dim64/int8/ndcg@10": 0.3100})
+    summary.embedding_dim = 384
+    onnx = {**summary.finetuned, "ndcg@10": 0.5012}
+    int8 = {**summary.finetuned, "ndcg@10": 0.4900}
+    summary.formats = [
+        FormatFigures(
+            format="pytorch",
+            file="model.safetensors",
+            size_bytes=90 * 2**20,
+            metrics=summary.finetuned,
+            eval_s=10.0,
+        ),
+        FormatFigures(
+            format="onnx", file="onnx/model.onnx", size_bytes=90 * 2**20, metrics=onnx, eval_s=8.0
+        ),
+        FormatFigures(
+            format="onnx_int8",
+            file="onnx/model_qint8.onnx",
+            size_bytes=23 * 2**20,
+            metrics=int8,
+            eval_s=5.5,
+        ),
+    ]
+    page = Page(render_html(make_history(), summary))
+    widths = [[text for text, _ in row] for row in page.tables["precision"]]
+    assert widths == [
+        ["width", "precision", "bytes/vector", "base ndcg@10", "fine-tuned", "Δ"],
+        ["384", "float32", "1,536", "0.4000", "0.5012", "+0.1012"],
+        ["384", "binary", "48", "0.3500", "0.4800", "+0.1300"],
+        ["64", "float32", "256", "0.3000", "0.3125", "+0.0125"],
+        ["64", "int8", "64", "0.2900", "0.3100", "+0.0200"],
+    ]
+    header, *rows = page.tables["formats"]
+    assert [text for text, _ in header][3:5] == ["ndcg@10", "Δ vs PyTorch"]
+    assert [(row[0][0], row[2][0], row[4]) for row in rows] == [
+        ("pytorch", "90.0 MiB", ("+0.0000", "num same")),
+        ("onnx", "90.0 MiB", ("+0.0000", "num same")),
+        ("onnx_int8", "23.0 MiB", ("-0.0112", "num down")),
+    ]
+
+    spec = load_spec(tiny_spec)
+    summary.sources = {name: SourceCounts(rows=96, bad_rows=0) for name in spec.data.sources}
+    write_model_card(tmp_path, spec, summary)
+    card = (tmp_path / "README.md").read_text()
+    assert "| 64 | int8 | 64 | 0.2900 | 0.3100 | +0.0200 |" in card
+    assert "| onnx_int8 | `onnx/model_qint8.onnx` | 23.0 MiB | 0.4900 | -0.0112 | 5.5 s |" in card
+    assert 'backend="onnx", model_kwargs={"file_name": "onnx/model_qint8.onnx"}' in card
