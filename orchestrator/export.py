@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,48 +138,29 @@ def precision_table(judgement: Judgement) -> Table | None:
     )
 
 
-def format_rows(judgement: Judgement) -> list[tuple[str, str, int, float, float, float]]:
-    """(format, file, bytes, main metric, Δ vs PyTorch, seconds to evaluate) per exported
-    format, PyTorch first; empty without ``export.formats``."""
-    main = judgement.verdict.metric
-    reference = judgement.finetuned.get(main)
+def formats_table(judgement: Judgement) -> Table | None:
+    """Each exported format, PyTorch first: its file, size, the verdict's metric and the
+    guard's (each with its Δ vs PyTorch: a format that forgets shows here too) and the seconds
+    its evaluation took; None without ``export.formats``."""
+    if not judgement.formats:
+        return None
+    guard = judgement.verdict.guard
+    metrics = [judgement.verdict.metric, *([guard.metric] if guard else [])]
+    header = ["format", "file", "size"]
+    for metric in metrics:
+        header += [metric, "Δ vs PyTorch"]
     rows = []
     for exported in judgement.formats:
-        value = exported.metrics.get(main, float("nan"))
-        delta = value - reference if reference is not None else float("nan")
-        rows.append(
-            (exported.format, exported.file, exported.size_bytes, value, delta, exported.eval_s)
-        )
-    return rows
-
-
-def formats_table(judgement: Judgement) -> Table | None:
-    """:func:`format_rows` as a table; None without ``export.formats``."""
-    rows = format_rows(judgement)
-    if not rows:
-        return None
+        row = [exported.format, f"`{exported.file}`", f"{exported.size_bytes / 2**20:,.1f} MiB"]
+        for metric in metrics:
+            value = exported.metrics.get(metric, math.nan)
+            row += [f"{value:.4f}", f"{value - judgement.finetuned.get(metric, math.nan):+.4f}"]
+        rows.append([*row, f"{exported.eval_s:,.1f} s"])
     return Table(
         name="formats",
         title="Exported formats (each evaluated through its own runtime)",
-        header=[
-            "format",
-            "file",
-            "size",
-            judgement.verdict.metric,
-            "Δ vs PyTorch",
-            "time to evaluate",
-        ],
-        rows=[
-            [
-                fmt,
-                f"`{file}`",
-                f"{size / 2**20:,.1f} MiB",
-                f"{value:.4f}",
-                f"{delta:+.4f}",
-                f"{seconds:,.1f} s",
-            ]
-            for fmt, file, size, value, delta, seconds in rows
-        ],
+        header=[*header, "time to evaluate"],
+        rows=rows,
         numeric_from=2,
     )
 

@@ -330,13 +330,19 @@ def test_widths_precisions_and_formats_get_their_own_tables(tiny_spec, tmp_path)
     from orchestrator.export import write_model_card
     from orchestrator.spec import load_spec
     from orchestrator.summary import FormatFigures
+    from orchestrator.verdict import Evaluation, guard_verdict
 
     summary = make_summary(improved=True)
     summary.baseline.update({"binary/ndcg@10": 0.3500, "dim64/int8/ndcg@10": 0.2900})
     summary.finetuned.update({"binary/ndcg@10": 0.4800, "dim64/int8/ndcg@10": 0.3100})
     summary.embedding_dim = 384
+    summary.baseline["nq/ndcg@10"], summary.finetuned["nq/ndcg@10"] = 0.8336, 0.8299
+    guard = guard_verdict(
+        "nq/ndcg@10", 0.005, Evaluation(summary.baseline, {}), Evaluation(summary.finetuned, {})
+    )
+    summary.verdict = summary.verdict.with_guard(guard)
     onnx = {**summary.finetuned, "ndcg@10": 0.5012}
-    int8 = {**summary.finetuned, "ndcg@10": 0.4900}
+    int8 = {**summary.finetuned, "ndcg@10": 0.4900, "nq/ndcg@10": 0.8197}
     summary.formats = [
         FormatFigures(
             format="pytorch",
@@ -366,11 +372,16 @@ def test_widths_precisions_and_formats_get_their_own_tables(tiny_spec, tmp_path)
         ["64", "int8", "64", "0.2900", "0.3100", "+0.0200"],
     ]
     header, *rows = page.tables["formats"]
-    assert [text for text, _ in header][3:5] == ["ndcg@10", "Δ vs PyTorch"]
-    assert [(row[0][0], row[2][0], row[4]) for row in rows] == [
-        ("pytorch", "90.0 MiB", ("+0.0000", "num same")),
-        ("onnx", "90.0 MiB", ("+0.0000", "num same")),
-        ("onnx_int8", "23.0 MiB", ("-0.0112", "num down")),
+    assert [text for text, _ in header][3:7] == [
+        "ndcg@10",
+        "Δ vs PyTorch",
+        "nq/ndcg@10",
+        "Δ vs PyTorch",
+    ]
+    assert [(row[0][0], row[2][0], row[4], row[6]) for row in rows] == [
+        ("pytorch", "90.0 MiB", ("+0.0000", "num same"), ("+0.0000", "num same")),
+        ("onnx", "90.0 MiB", ("+0.0000", "num same"), ("+0.0000", "num same")),
+        ("onnx_int8", "23.0 MiB", ("-0.0112", "num down"), ("-0.0102", "num down")),
     ]
 
     spec = load_spec(tiny_spec)
@@ -378,5 +389,6 @@ def test_widths_precisions_and_formats_get_their_own_tables(tiny_spec, tmp_path)
     write_model_card(tmp_path, spec, summary)
     card = (tmp_path / "README.md").read_text()
     assert "| 64 | int8 | 64 | 0.2900 | 0.3100 | +0.0200 |" in card
-    assert "| onnx_int8 | `onnx/model_qint8.onnx` | 23.0 MiB | 0.4900 | -0.0112 | 5.5 s |" in card
+    int8_row = "| onnx_int8 | `onnx/model_qint8.onnx` | 23.0 MiB | 0.4900 | -0.0112 | 0.8197 |"
+    assert int8_row + " -0.0102 | 5.5 s |" in card
     assert 'backend="onnx", model_kwargs={"file_name": "onnx/model_qint8.onnx"}' in card
