@@ -193,12 +193,13 @@ class EvalSpec(Section):
     quantization: Annotated[list[Precision], Distinct] = Field(
         default_factory=list,
         description="Also evaluate quantized embeddings (int8: one byte a dimension; binary: "
-        "one bit, searched by Hamming distance, then the top candidates rescored with the "
-        "float query); their metrics are named int8/<metric>, dim64/binary/<metric>.",
+        "one bit, searched by Hamming distance; the best candidates of either rescored with "
+        "the float query); their metrics are named int8/<metric>, dim64/binary/<metric>.",
     )
     rescore_multiplier: PositiveInt = Field(
         default=4,
-        description="Binary search fetches this many times k candidates to rescore.",
+        description="Quantized search fetches this many times k candidates, rescored with the "
+        "float query.",
     )
     guard: GuardSpec | None = Field(
         default=None,
