@@ -106,10 +106,15 @@ def per_query_metrics(
 
 
 class RetrievalEvaluator(InformationRetrievalEvaluator):
-    """The library's retrieval evaluator that also keeps each query's metric values, and the
-    embeddings it computed (quantized retrieval reuses them instead of embedding again)."""
+    """The library's retrieval evaluator that also keeps each query's metric values and, when
+    ``keep_embeddings``, the embeddings it computed (quantized retrieval reuses them instead of
+    embedding again; other evaluations pay no copy)."""
 
     per_query: dict[str, np.ndarray]
+
+    def __init__(self, *args: Any, keep_embeddings: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_embeddings = keep_embeddings
 
     def __call__(self, model: SentenceTransformer, *args: Any, **kwargs: Any) -> dict[str, float]:
         self._embedded: dict[str, list[np.ndarray]] = {"query": [], "document": []}
@@ -117,7 +122,8 @@ class RetrievalEvaluator(InformationRetrievalEvaluator):
 
     def embed_inputs(self, model: SentenceTransformer, sentences: Any, **kwargs: Any) -> Any:
         embeddings = super().embed_inputs(model, sentences, **kwargs)
-        self._embedded[kwargs["encode_fn_name"]].append(embeddings.float().cpu().numpy())
+        if self._keep_embeddings:
+            self._embedded[kwargs["encode_fn_name"]].append(embeddings.float().cpu().numpy())
         return embeddings
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +140,10 @@ class RetrievalEvaluator(InformationRetrievalEvaluator):
 
 
 def build_evaluator(
-    spec: ExperimentSpec, retrieval_set: tuple, truncate_dim: int | None = None
+    spec: ExperimentSpec,
+    retrieval_set: tuple,
+    truncate_dim: int | None = None,
+    keep_embeddings: bool = False,
 ) -> RetrievalEvaluator:
     """The evaluator over ``retrieval_set`` (from :func:`load_retrieval_set`)."""
     queries, corpus, relevant = retrieval_set
@@ -154,6 +163,7 @@ def build_evaluator(
         query_prompt=spec.model.query_prompt or None,
         corpus_prompt=spec.model.passage_prompt or None,
         truncate_dim=truncate_dim,
+        keep_embeddings=keep_embeddings,
     )
 
 
@@ -263,11 +273,12 @@ def evaluate_per_query(
         dims = [None, *spec.eval.matryoshka_dims] if not name else [None]
         for dim in dims:
             prefix = name + (f"dim{dim}/" if dim else "")
-            evaluator = build_evaluator(spec, retrieval_set, dim)
+            quantized = dim is None and not name and bool(spec.eval.quantization)
+            evaluator = build_evaluator(spec, retrieval_set, dim, keep_embeddings=quantized)
             raw = evaluator(model)  # "heldout_cosine_ndcg@10"
             metrics.update({prefix + k.split("_", 2)[-1]: float(v) for k, v in sorted(raw.items())})
             per_query.update({prefix + k: v for k, v in evaluator.per_query.items()})
-            if dim is None and not name and spec.eval.quantization:
+            if quantized:
                 found = _quantized_metrics(evaluator, spec)
                 metrics.update(found[0])
                 per_query.update(found[1])

@@ -53,10 +53,11 @@ def compared(
     base, tuned, main = judgement.baseline, judgement.finetuned, judgement.verdict.metric
     headline = (*SET_HEADLINE, _metric(main))  # retrieval sets: the main metric
     guard = judgement.verdict.guard.metric if judgement.verdict.guard else None
+    # A named set's metric is <set>/<metric>; dim64/..., int8/... are widths and precisions.
     sets = [
         n
         for n in base
-        if "/" in n and not n.startswith("dim") and _metric(n) in headline and n != guard
+        if "/" in n and not METRIC_NAME.fullmatch(n) and _metric(n) in headline and n != guard
     ]
     names = dict.fromkeys((main, *metrics, *sets, *([guard] * bool(guard))))
     return [(n, base[n], tuned[n], tuned[n] - base[n]) for n in names if n in base and n in tuned]

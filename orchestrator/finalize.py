@@ -30,7 +30,7 @@ from orchestrator.export import export_model, write_model_card
 from orchestrator.layout import MODEL_DIR, REJECTED_DIR
 from orchestrator.modeling import interpolated, load_encoder
 from orchestrator.preflight import embedding_dim
-from orchestrator.runtimes import runtime_encoder, timed, write_formats
+from orchestrator.runtimes import runtime_encoder, write_formats
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import Location, publish
 from orchestrator.summary import FormatFigures, Judgement, MergeChoice, RunSummary, Trained
@@ -108,6 +108,12 @@ def pick_alpha(rows: list[dict[str, Any]], main: str, max_drop: float) -> dict[s
     """
     kept = [r for r in rows if r["guard_drop"] + r.get("guard_drop_se", 0.0) <= max_drop]
     return max(kept, key=lambda r: r[main]) if kept else min(rows, key=lambda r: r["guard_drop"])
+
+
+def timed(fn, *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and the seconds it took."""
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
 
 
 def evaluate_formats(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -233,9 +232,3 @@ class _RuntimeTransformer(torch.nn.Module):
     def forward(self, **features: Any) -> dict[str, torch.Tensor]:
         feeds = {name: features[name].cpu().numpy() for name in self.runner.inputs}
         return {_OUTPUT: torch.from_numpy(np.asarray(self.runner(feeds)))}
-
-
-def timed(fn, *args: Any) -> tuple[Any, float]:
-    """``fn(*args)`` and the seconds it took."""
-    started = time.perf_counter()
-    return fn(*args), time.perf_counter() - started

@@ -9,7 +9,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 
 from orchestrator.spec.base import EndpointUrl, PathText, Section
 from orchestrator.spec.columns import ColumnMap
-from orchestrator.spec.evaluation import EvalSet, RetrievalEvalSpec
+from orchestrator.spec.evaluation import VARIANT_NAME, EvalSet, RetrievalEvalSpec
 
 
 class _FileSource(Section):
@@ -108,9 +108,10 @@ class DataSpec(Section):
     @classmethod
     def _names_are_identifiers(cls, named: dict[str, Any]) -> dict[str, Any]:
         for name in named:
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or re.fullmatch(r"dim\d+", name):
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or VARIANT_NAME.fullmatch(name):
                 raise ValueError(
-                    f"name {name!r} must start with a letter: [A-Za-z0-9_-] (and not be dim<N>)"
+                    f"name {name!r} must start with a letter: [A-Za-z0-9_-] (and not be dim<N>, "
+                    "int8 or binary)"
                 )
         return named
 

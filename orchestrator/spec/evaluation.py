@@ -126,6 +126,9 @@ METRIC_NAME = re.compile(
 )
 #: Embedding precisions ``eval.quantization`` may add, beside float32.
 Precision = Literal["int8", "binary"]
+#: The first part of a width's or a precision's metric names (``dim64/``, ``int8/``): no
+#: named set or guard may be called that, or their metric names would collide.
+VARIANT_NAME = re.compile(r"dim\d+|int8|binary")
 #: A metric of a named held-out set (``data.eval_sets``): ``refutes/accuracy``.
 SET_METRIC_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)/([a-z_]+(?:@\d+)?)")
 

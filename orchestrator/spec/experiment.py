@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 
 import yaml
 from pydantic import Field, PositiveInt, model_validator
@@ -12,7 +11,13 @@ from pydantic import Field, PositiveInt, model_validator
 from orchestrator.published import without_home
 from orchestrator.spec.base import CROSS_FIELD, Section
 from orchestrator.spec.data import DataSpec
-from orchestrator.spec.evaluation import METRIC_NAME, SET_METRIC_NAME, EvalSpec, RetrievalEvalSet
+from orchestrator.spec.evaluation import (
+    METRIC_NAME,
+    SET_METRIC_NAME,
+    VARIANT_NAME,
+    EvalSpec,
+    RetrievalEvalSet,
+)
 from orchestrator.spec.export import ExportSpec
 from orchestrator.spec.loss import InfoNCELoss, Loss
 from orchestrator.spec.model import LoraSpec, MergeSpec, ModelSpec
@@ -136,9 +141,9 @@ class ExperimentSpec(Section):
                     "eval.guard.metric", guard.metric, found["kind"], int(found["k"])
                 )
             )
-        if guard and (guard.name in self.data.eval_sets or re.fullmatch(r"dim\d+", guard.name)):
+        if guard and (guard.name in self.data.eval_sets or VARIANT_NAME.fullmatch(guard.name)):
             problems.append(
-                f"eval.guard.name: {guard.name!r} is taken (data.eval_sets or dim<N>): "
+                f"eval.guard.name: {guard.name!r} is taken (data.eval_sets, dim<N>, int8, binary): "
                 "metric names would collide"
             )
         if self.merge and not (guard and self.data.eval):

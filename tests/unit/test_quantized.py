@@ -71,3 +71,20 @@ def test_a_quantized_metric_needs_its_precision(tiny_spec):
         load_spec(tiny_spec)
     tiny_spec["eval"]["quantization"] = ["binary"]
     assert load_spec(tiny_spec).eval.main_metric == "binary/ndcg@10"
+
+
+def test_no_set_or_guard_may_take_a_precisions_name(tiny_spec, corpora):
+    held_out = {
+        "corpus": str(corpora["eval"] / "corpus.jsonl"),
+        "queries": str(corpora["eval"] / "queries.jsonl"),
+        "qrels": str(corpora["eval"] / "qrels.tsv"),
+    }
+    named = {
+        **tiny_spec,
+        "data": {**tiny_spec["data"], "eval_sets": {"int8": {"kind": "retrieval", **held_out}}},
+    }
+    with pytest.raises(SpecError, match="not be dim<N>, int8 or binary"):
+        load_spec(named)
+    guarded = {**tiny_spec, "eval": {"guard": {"name": "binary", **held_out}}}
+    with pytest.raises(SpecError, match="'binary' is taken"):
+        load_spec(guarded)
